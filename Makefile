@@ -1,0 +1,31 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: test bench lint clean
+
+$(VENV)/bin/activate:
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.dev: $(VENV)/bin/activate pyproject.toml
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.dev
+	$(PIP) install -e '.[dev,bench]'
+	touch $@
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q -n 2 tests
+
+bench: $(VENV)/.bench
+	$(PY) -m benchmarks.run_all
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check nde tests benchmarks
+	$(VENV)/bin/ruff format --check nde tests benchmarks
+	$(VENV)/bin/pyright
+
+clean:
+	rm -rf $(VENV) .pytest_cache
