@@ -1,0 +1,54 @@
+"""nde: neural differential equations in JAX.
+
+A Diffrax-compatible solver core (`import nde as diffrax` runs Diffrax code), its
+adjoints, and (in later layers) a Trainer and paper recipes.
+"""
+
+from ._interpolation import DenseInterpolation as DenseInterpolation
+from ._norms import max_norm as max_norm, rms_norm as rms_norm
+from ._progress_meter import (
+    AbstractProgressMeter as AbstractProgressMeter,
+    NoProgressMeter as NoProgressMeter,
+    TextProgressMeter as TextProgressMeter,
+    TqdmProgressMeter as TqdmProgressMeter,
+)
+from ._results import (
+    RESULTS as RESULTS,
+    is_okay as is_okay,
+    is_successful as is_successful,
+)
+from ._saveat import SaveAt as SaveAt, SubSaveAt as SubSaveAt
+from ._solution import Solution as Solution
+from ._solve import diffeqsolve as diffeqsolve
+from ._terms import (
+    AbstractTerm as AbstractTerm,
+    MultiTerm as MultiTerm,
+    ODETerm as ODETerm,
+)
+from .adjoints import (
+    AbstractAdjoint as AbstractAdjoint,
+    RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint,
+)
+from .controllers import (
+    AbstractStepSizeController as AbstractStepSizeController,
+    ClipStepSizeController as ClipStepSizeController,
+    ConstantStepSize as ConstantStepSize,
+    PIDController as PIDController,
+    StepTo as StepTo,
+)
+from .solvers import (
+    AbstractAdaptiveSolver as AbstractAdaptiveSolver,
+    AbstractRungeKutta as AbstractRungeKutta,
+    AbstractSolver as AbstractSolver,
+    Bosh3 as Bosh3,
+    ButcherTableau as ButcherTableau,
+    Dopri5 as Dopri5,
+    Dopri8 as Dopri8,
+    Euler as Euler,
+    Heun as Heun,
+    Midpoint as Midpoint,
+    Ralston as Ralston,
+    Tsit5 as Tsit5,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""Saving outputs during the solve: `SaveAt(t0, t1, ts, steps, fn)` and dense output.
+
+Everything here is a pure update of buffers allocated up front, so the loop stays
+differentiable. Saving at `ts` inside a step interpolates the step's dense output at
+the (few) save times the step covers: a small inner `while_loop` in the forward pass,
+with a JVP rule written as one masked, vectorised expression over all save times, so
+that reverse mode (which cannot transpose a `while_loop`) works too.
+"""
+
+import functools as ft
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, PyTree
+
+from ._interpolation import polynomial_value
+from ._saveat import SubSaveAt
+
+
+class SaveState(eqx.Module):
+    """Buffers of one `SubSaveAt`: times, values, and where to write next."""
+
+    ts: Array
+    ys: PyTree[Array]
+    index: Array  # next slot to write
+    ts_index: Array  # next entry of `SubSaveAt.ts` to save
+
+
+def _fill(x):
+    dtype = jnp.result_type(x)
+    return jnp.inf if jnp.issubdtype(dtype, jnp.inexact) else 0
+
+
+def _num_slots(sub: SubSaveAt, max_steps: int | None) -> int:
+    n = int(sub.t0) + int(sub.t1)
+    if sub.ts is not None:
+        n += len(sub.ts)
+    if sub.steps:
+        assert max_steps is not None
+        n += max_steps
+    return n
+
+
+def _write(state: SaveState, t, value, pred=True) -> SaveState:
+    """Write `(t, value)` at `state.index` where `pred`; advance the index."""
+    index = jnp.minimum(state.index, state.ts.shape[0] - 1)
+
+    def put(buf, v):
+        old = lax.dynamic_index_in_dim(buf, index, 0, keepdims=False)
+        return lax.dynamic_update_index_in_dim(buf, jnp.where(pred, v, old), index, 0)
+
+    ts = put(state.ts, jnp.asarray(t, state.ts.dtype))
+    ys = jtu.tree_map(put, state.ys, value)
+    return eqx.tree_at(
+        lambda s: (s.ts, s.ys, s.index), state, (ts, ys, state.index + pred)
+    )
+
+
+def init_save_state(sub: SubSaveAt, t0, y0, args, max_steps) -> SaveState:
+    """Allocate the buffers, and save what is due at `t0`."""
+    n = _num_slots(sub, max_steps)
+    tdtype = jnp.result_type(t0)
+    value0 = sub.fn(t0, y0, args)
+    ys = jtu.tree_map(
+        lambda v: jnp.full((n,) + jnp.shape(v), _fill(v), jnp.result_type(v)), value0
+    )
+    state = SaveState(
+        ts=jnp.full((n,), jnp.inf, tdtype),
+        ys=ys,
+        index=jnp.asarray(0, jnp.int32),
+        ts_index=jnp.asarray(0, jnp.int32),
+    )
+    if sub.t0:
+        state = _write(state, t0, value0)
+    if sub.ts is not None and len(sub.ts) > 0:
+        state = _save_ts_at_t0(sub, state, t0, value0)
+    return state
+
+
+def _save_ts_at_t0(sub, state, t0, value0):
+    # Save times equal to t0 are satisfied by y0 itself.
+    ts = jnp.asarray(sub.ts, state.ts.dtype)
+    due = ts <= t0
+    count = jnp.sum(due).astype(jnp.int32)
+    slots = jnp.arange(state.ts.shape[0])
+    offset = slots - state.index
+    mask = (offset >= 0) & (offset < count)
+    new_ts = jnp.where(mask, ts[jnp.clip(offset, 0, len(ts) - 1)], state.ts)
+    broadcast = lambda buf, v: jnp.where(
+        mask.reshape((-1,) + (1,) * jnp.ndim(v)), v, buf
+    )
+    ys = jtu.tree_map(broadcast, state.ys, value0)
+    return SaveState(new_ts, ys, state.index + count, count)
+
+
+def save_step(sub, state: SaveState, keep, tprev, tnext, y0, y1, coeffs, args):
+    """Save what an accepted step `[tprev, tnext]` covers."""
+    if sub.ts is not None and len(sub.ts) > 0:
+        ts = jnp.asarray(sub.ts, state.ts.dtype)
+        end = jnp.where(keep, jnp.searchsorted(ts, tnext, side="right"), state.ts_index)
+        end = end.astype(jnp.int32)
+        dyn_args, static_args = eqx.partition(args, eqx.is_array)
+        ts_buf, ys_buf = _interpolate_into(
+            (sub.fn, static_args),
+            ts,
+            state.ts_index,
+            end,
+            state.index,
+            tprev,
+            tnext,
+            y0,
+            coeffs,
+            state.ts,
+            state.ys,
+            dyn_args,
+        )
+        written = end - state.ts_index
+        state = SaveState(ts_buf, ys_buf, state.index + written, end)
+    if sub.steps:
+        state = _write(state, tnext, sub.fn(tnext, y1, args), keep)
+    return state
+
+
+def save_final(sub, state: SaveState, t1, y1, args) -> SaveState:
+    if sub.t1:
+        state = _write(state, t1, sub.fn(t1, y1, args))
+    return state
+
+
+def _interp_one(fn_static, t, tprev, tnext, y0, coeffs, dyn_args):
+    fn, static_args = fn_static
+    args = eqx.combine(dyn_args, static_args)
+    dt = tnext - tprev
+    theta = jnp.where(dt == 0, 0, (t - tprev) / jnp.where(dt == 0, 1, dt))
+    return fn(t, polynomial_value(y0, coeffs, theta), args)
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _interpolate_into(
+    fn_static, ts, start, end, slot, tprev, tnext, y0, coeffs, ts_buf, ys_buf, dyn_args
+):
+    """Write `fn(ts[i], y(ts[i]))` for `start <= i < end` into slots from `slot`."""
+
+    def body(carry):
+        i, ts_buf, ys_buf = carry
+        t = ts[i]
+        value = _interp_one(fn_static, t, tprev, tnext, y0, coeffs, dyn_args)
+        j = slot + i - start
+        ts_buf = lax.dynamic_update_index_in_dim(ts_buf, t, j, 0)
+        ys_buf = jtu.tree_map(
+            lambda b, v: lax.dynamic_update_index_in_dim(b, v.astype(b.dtype), j, 0),
+            ys_buf,
+            value,
+        )
+        return i + 1, ts_buf, ys_buf
+
+    _, ts_buf, ys_buf = lax.while_loop(
+        lambda c: c[0] < end, body, (start, ts_buf, ys_buf)
+    )
+    return ts_buf, ys_buf
+
+
+def _interpolate_masked(
+    fn_static, ts, start, end, slot, tprev, tnext, y0, coeffs, ts_buf, ys_buf, dyn_args
+):
+    """The same as `_interpolate_into`, as a masked expression over every slot."""
+    n_slots = ts_buf.shape[0]
+    i = jnp.arange(n_slots) - slot + start  # entry of `ts` that slot j would hold
+    mask = (i >= start) & (i < end)
+    t_at = ts[jnp.clip(i, 0, ts.shape[0] - 1)]
+    values = jax.vmap(
+        lambda t: _interp_one(fn_static, t, tprev, tnext, y0, coeffs, dyn_args)
+    )(t_at)
+    ts_out = jnp.where(mask, t_at, ts_buf)
+    ys_out = jtu.tree_map(
+        lambda b, v: jnp.where(
+            mask.reshape((-1,) + (1,) * (b.ndim - 1)), v.astype(b.dtype), b
+        ),
+        ys_buf,
+        values,
+    )
+    return ts_out, ys_out
+
+
+@_interpolate_into.defjvp
+def _interpolate_into_jvp(fn_static, primals, tangents):
+    out = _interpolate_into(fn_static, *primals)
+    _, out_dot = jax.jvp(ft.partial(_interpolate_masked, fn_static), primals, tangents)
+    return out, out_dot

@@ -1,0 +1,175 @@
+"""Checks on `diffeqsolve`'s inputs: each error names the argument, the value
+received and the fix. Concrete values are checked in Python (with the value in the
+message); traced ones with `eqx.error_if` at run time."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from ._saveat import SaveAt, sub_saveats
+from .controllers import AbstractStepSizeController, StepTo
+from .solvers import AbstractAdaptiveSolver, AbstractSolver
+
+
+def is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer) and x is not None
+
+
+def as_state(y0):
+    """Check `y0` is an array or a PyTree of arrays; integers become floats."""
+    leaves = jtu.tree_leaves(y0)
+    if not leaves:
+        raise ValueError(
+            f"`diffeqsolve(..., y0=...)` must be an array or a PyTree of arrays; got "
+            f"{y0!r}, which holds no arrays. Pass e.g. `y0=jnp.array([1.0, 0.0])`."
+        )
+    for leaf in leaves:
+        if not (
+            isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, complex))
+        ):
+            raise TypeError(
+                "`diffeqsolve(..., y0=...)` must be an array or a PyTree of arrays; it "
+                f"contains {leaf!r} of type {type(leaf).__name__}. Convert it with "
+                "`jnp.asarray`, or move non-array data into `args`."
+            )
+
+    def to_array(leaf):
+        leaf = jnp.asarray(leaf)
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            leaf = leaf.astype(jnp.result_type(float))
+        return leaf
+
+    return jtu.tree_map(to_array, y0)
+
+
+def check_vector_field(terms, t0, y0, args):
+    """The vector field (times the control) must have the structure of `y0`."""
+    out = jax.eval_shape(lambda: terms.vf_prod(t0, y0, args, terms.contr(t0, t0)))
+    y_struct = jtu.tree_structure(y0)
+    out_struct = jtu.tree_structure(out)
+    if y_struct != out_struct:
+        raise ValueError(
+            "The vector field's output does not have the PyTree structure of `y0`: "
+            f"y0 is {y_struct}, the vector field returned {out_struct}. Return one "
+            "array per leaf of `y0`."
+        )
+    for path_y, (y, o) in zip(
+        jtu.tree_flatten_with_path(y0)[0],
+        zip(jtu.tree_leaves(y0), jtu.tree_leaves(out)),
+    ):
+        if jnp.shape(y) != o.shape:
+            where = jtu.keystr(path_y[0]) or "y0"
+            raise ValueError(
+                f"The vector field's output at {where} has shape {o.shape}, but y0 "
+                f"there has shape {jnp.shape(y)}. dy/dt must have the shape of y."
+            )
+
+
+def check_dt0(t0, t1, dt0, controller: AbstractStepSizeController):
+    if dt0 is None:
+        if (
+            not controller.is_adaptive
+            and not isinstance(controller, StepTo)
+            and not (
+                hasattr(controller, "controller")
+                and isinstance(controller.controller, StepTo)  # pyright: ignore
+            )
+        ):
+            raise ValueError(
+                f"`diffeqsolve(..., dt0=None)` needs an adaptive controller to choose "
+                f"the first step, but stepsize_controller={controller!r}. Pass a step "
+                "size, e.g. `dt0=0.01`, or `stepsize_controller=PIDController(rtol=1e-6, "
+                "atol=1e-6)`."
+            )
+        return dt0
+    if all(is_concrete(x) for x in (t0, t1, dt0)):
+        span, dt = float(t1) - float(t0), float(dt0)
+        if span != 0 and (dt == 0 or (dt > 0) != (span > 0)):
+            raise ValueError(
+                f"`diffeqsolve(..., dt0={dt0})` must have the sign of t1 - t0 = {span} "
+                "(negative for a reverse-time solve) and be non-zero. Pass "
+                f"`dt0={abs(dt) if span > 0 else -abs(dt) or 0.01}`."
+            )
+        return dt0
+    return eqx.error_if(
+        jnp.asarray(dt0),
+        (t1 != t0) & ((dt0 == 0) | ((dt0 > 0) != (t1 > t0))),
+        "`diffeqsolve(..., dt0=...)` must be non-zero and have the sign of t1 - t0 "
+        "(negative for a reverse-time solve).",
+    )
+
+
+def check_solver_controller(solver: AbstractSolver, controller):
+    if controller.is_adaptive and not isinstance(solver, AbstractAdaptiveSolver):
+        raise ValueError(
+            f"`{type(solver).__name__}` has no error estimate, so it cannot be used with "
+            f"the adaptive stepsize_controller={type(controller).__name__}(...). Use "
+            "`ConstantStepSize()` with a `dt0`, or an adaptive solver such as `Tsit5()`."
+        )
+
+
+def check_max_steps(max_steps, saveat: SaveAt):
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(
+            f"`diffeqsolve(..., max_steps=...)` must be a positive int or None; got "
+            f"{max_steps!r}."
+        )
+    if max_steps is None:
+        if saveat.dense or any(s.steps for s in sub_saveats(saveat)):
+            what = "SaveAt(dense=True)" if saveat.dense else "SaveAt(steps=True)"
+            raise ValueError(
+                f"`{what}` stores one entry per step, so it needs a bound on the number "
+                "of steps, but `diffeqsolve(..., max_steps=None)`. Pass an integer "
+                "`max_steps` (e.g. 4096)."
+            )
+
+
+def check_saveat_ts(ts, t0, t1):
+    """`SaveAt(ts)` must be 1-D, monotonic in the solve's direction, in [t0, t1]."""
+    if jnp.ndim(ts) != 1:
+        raise ValueError(
+            f"`SaveAt(ts=...)` must be one-dimensional; got shape {jnp.shape(ts)}."
+        )
+    if all(is_concrete(x) for x in (ts, t0, t1)):
+        arr, a, b = np.asarray(ts, dtype=np.float64), float(t0), float(t1)
+        lo, hi = min(a, b), max(a, b)
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            raise ValueError(
+                f"`SaveAt(ts=...)` must lie within [t0, t1] = [{a}, {b}]; got values from "
+                f"{arr.min()} to {arr.max()}. Clip the save times or widen the interval."
+            )
+        diffs = np.diff(arr) * (1 if b >= a else -1)
+        if np.any(diffs < 0):
+            raise ValueError(
+                "`SaveAt(ts=...)` must be monotonic in the direction of integration "
+                f"({'increasing' if b >= a else 'decreasing'}); got {arr}. Sort it."
+            )
+        return ts
+    ts = jnp.asarray(ts)
+    lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
+    ts = eqx.error_if(
+        ts, jnp.any((ts < lo) | (ts > hi)), "`SaveAt(ts=...)` must lie within [t0, t1]."
+    )
+    sign = jnp.where(t1 >= t0, 1, -1)
+    return eqx.error_if(
+        ts,
+        jnp.any(jnp.diff(ts) * sign < 0),
+        "`SaveAt(ts=...)` must be monotonic in the direction of integration.",
+    )
+
+
+def check_step_to(controller, t0, t1):
+    ts = controller.ts
+    if all(is_concrete(x) for x in (ts, t0, t1)):
+        arr = np.asarray(ts, dtype=np.float64)
+        if arr[0] != float(t0) or arr[-1] != float(t1):
+            raise ValueError(
+                f"`StepTo(ts)` must start at t0 = {t0} and end at t1 = {t1}; got ts "
+                f"from {arr[0]} to {arr[-1]}. Use e.g. `StepTo(jnp.linspace(t0, t1, n))`."
+            )
+        if np.any(np.diff(arr) * (1 if float(t1) >= float(t0) else -1) <= 0):
+            raise ValueError(
+                f"`StepTo(ts)` must be strictly monotonic from t0 to t1; got {arr}."
+            )

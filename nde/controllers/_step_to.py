@@ -1,0 +1,62 @@
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Real
+
+from .._results import RESULTS
+from ._base import AbstractStepSizeController
+
+
+class StepTo(AbstractStepSizeController):
+    """Steps to each of the given times in turn.
+
+    **Arguments:**
+
+    - `ts`: the times to step to, starting at `t0` and ending at `t1` (increasing for
+      a forward solve, decreasing for a reverse-time one). Use with `dt0=None`.
+    """
+
+    ts: Real[ArrayLike, " times"]
+
+    def __check_init__(self):
+        ts = self.ts
+        if isinstance(ts, (np.ndarray, list, tuple)) and np.ndim(ts) != 1:
+            raise ValueError(f"`StepTo(ts=...)` must be one-dimensional, got {ts!r}.")
+        if isinstance(ts, (np.ndarray, list, tuple)) and len(ts) < 2:
+            raise ValueError(
+                f"`StepTo(ts=...)` needs at least two times (t0 and t1), got {ts!r}."
+            )
+
+    def wrap(self, direction):
+        return StepTo(jnp.asarray(self.ts) * direction)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        if dt0 is not None:
+            raise ValueError(
+                "`StepTo(ts)` decides every step itself, so `diffeqsolve(..., dt0=...)` "
+                f"must be None; got dt0={dt0!r}. Pass `dt0=None`."
+            )
+        ts = jnp.asarray(self.ts, dtype=jnp.result_type(t0))
+        ts = _check_ends(ts, t0, t1)
+        return ts[1], jnp.asarray(2, dtype=jnp.int32)
+
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
+        ts = jnp.asarray(self.ts, dtype=jnp.result_type(t1))
+        index = jnp.minimum(controller_state, len(ts) - 1)
+        return True, t1, ts[index], False, controller_state + 1, RESULTS.successful
+
+
+def _check_ends(ts: Array, t0, t1) -> Array:
+    ts = eqx.error_if(
+        ts,
+        (ts[0] != t0) | (ts[-1] != t1),
+        "`StepTo(ts)` must start at `t0` and end at `t1` of `diffeqsolve`: got "
+        "different end points. Use e.g. `StepTo(jnp.linspace(t0, t1, n))`.",
+    )
+    return eqx.error_if(
+        ts,
+        jnp.any(ts[1:] <= ts[:-1]),
+        "`StepTo(ts)` must be strictly monotonic in the direction of integration.",
+    )

@@ -1,0 +1,137 @@
+"""One generic explicit Runge--Kutta step, driven by a `ButcherTableau`.
+
+A new method is a tableau and a few-line class; this step never changes.
+
+Every explicit RK method's first stage is `f(t0, y0)`. The step therefore ends by
+providing `f(t1, y1)` (free for FSAL methods, whose last stage is exactly that;
+one evaluation otherwise, which replaces the next step's first stage), so each step
+still costs `s` evaluations, and the dense output can use the true derivative at
+both ends of the step.
+"""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .._results import RESULTS
+from ._base import AbstractSolver
+from ._tableau import ButcherTableau
+
+
+def _combine(y0, weights, ks):
+    """`y0 + sum_j weights[j] ks[j]` with Python-float weights; zeros skipped."""
+    terms = [(w, k) for w, k in zip(weights, ks, strict=False) if w != 0]
+
+    def leaf(y, *k_leaves):
+        out = y
+        for (w, _), k in zip(terms, k_leaves, strict=True):
+            out = out + float(w) * k
+        return out
+
+    return jtu.tree_map(leaf, y0, *[k for _, k in terms])
+
+
+def _weighted_sum(weights, ks):
+    """`sum_j weights[j] ks[j]`, or `None` if all weights are zero."""
+    terms = [(w, k) for w, k in zip(weights, ks, strict=False) if w != 0]
+    if not terms:
+        return jtu.tree_map(jnp.zeros_like, ks[0])
+    first_w, first_k = terms[0]
+    out = jtu.tree_map(lambda k: float(first_w) * k, first_k)
+    return _combine(out, [w for w, _ in terms[1:]], [k for _, k in terms[1:]])
+
+
+class AbstractRungeKutta(AbstractSolver):
+    """An explicit Runge--Kutta method given by `tableau`.
+
+    **Arguments:**
+
+    - `scan_stages`: evaluate the stages inside a `lax.scan` rather than unrolled.
+      The vector field is then traced once instead of once per stage: much shorter
+      compile times, the same numbers up to round-off, slightly slower steps.
+    """
+
+    tableau: ClassVar[ButcherTableau]
+    scan_stages: bool = eqx.field(static=True, default=False, kw_only=True)
+
+    def init(self, terms, t0, t1, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        tab = self.tableau
+        control = terms.contr(t0, t1)
+        vf0 = self._first_vf(terms, t0, y0, args, solver_state, made_jump)
+        k0 = terms.prod(vf0, control)
+        if self.scan_stages:
+            ks, vf_last = self._scanned_stages(terms, t0, t1, y0, args, control, k0)
+        else:
+            ks, vf_last = self._unrolled_stages(terms, t0, t1, y0, args, control, k0)
+        y1 = _combine(y0, tab.b_sol, ks)
+        if tab.fsal:
+            vf1 = vf_last
+        else:
+            vf1 = terms.vf(t1, y1, args)
+            ks = ks + [terms.prod(vf1, control)]
+        y_error = None if tab.b_error is None else _weighted_sum(tab.b_error, ks)
+        dense_info = dict(y0=y0, coeffs=self._dense_coeffs(ks))
+        return y1, y_error, dense_info, vf1, RESULTS.successful
+
+    def _first_vf(self, terms, t0, y0, args, fsal_vf, made_jump):
+        # After a discontinuity (`made_jump`), f(t0, y0) differs from the stored
+        # f(t1, y1) of the previous step and must be recomputed.
+        if made_jump is False:
+            return fsal_vf
+        return lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: fsal_vf)
+
+    def _stage_time(self, i, t0, t1):
+        c = self.tableau.c[i]
+        return t1 if c == 1 else t0 + c * (t1 - t0)
+
+    def _unrolled_stages(self, terms, t0, t1, y0, args, control, k0):
+        ks, vf = [k0], None
+        for i, row in enumerate(self.tableau.a_lower, start=1):
+            yi = _combine(y0, row, ks)
+            vf = terms.vf(self._stage_time(i, t0, t1), yi, args)
+            ks.append(terms.prod(vf, control))
+        return ks, vf
+
+    def _scanned_stages(self, terms, t0, t1, y0, args, control, k0):
+        tab = self.tableau
+        s = tab.num_stages
+        if s == 1:
+            return [k0], None
+        buffer = jtu.tree_map(lambda k: jnp.zeros((s,) + k.shape, k.dtype), k0)
+        buffer = jtu.tree_map(lambda b, k: b.at[0].set(k), buffer, k0)
+        tdtype = jnp.result_type(t0, t1)
+        cs = jnp.asarray(tab.c[1:], dtype=tdtype)
+        is_one = jnp.asarray(tab.c[1:] == 1)
+
+        def stage(buf, x):
+            i, a_row, c, one = x
+            yi = jtu.tree_map(
+                lambda y, b: y + jnp.tensordot(a_row.astype(b.dtype), b, axes=1),
+                y0,
+                buf,
+            )
+            ti = jnp.where(one, t1, t0 + c * (t1 - t0))
+            vf = terms.vf(ti, yi, args)
+            ki = terms.prod(vf, control)
+            buf = jtu.tree_map(
+                lambda b, k: lax.dynamic_update_index_in_dim(b, k, i, 0), buf, ki
+            )
+            return buf, vf
+
+        xs = (jnp.arange(1, s), jnp.asarray(tab.a[1:]), cs, is_one)
+        buffer, vfs = lax.scan(stage, buffer, xs)
+        ks = [jtu.tree_map(lambda b, i=i: b[i], buffer) for i in range(s)]
+        return ks, jtu.tree_map(lambda v: v[-1], vfs)
+
+    def _dense_coeffs(self, ks):
+        dense = self.tableau.dense
+        assert dense is not None
+        # coeffs[d] = sum_j W[j, d] k_j: the polynomial's coefficient of theta**(d+1).
+        per_degree = [_weighted_sum(dense[:, d], ks) for d in range(dense.shape[1])]
+        return jtu.tree_map(lambda *c: jnp.stack(c), *per_degree)
