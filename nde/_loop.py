@@ -181,7 +181,7 @@ def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
         jnp.asarray(controller_result._value, jnp.int32),
     )
     if keep is not True:
-        result = _stall_check(result, keep, tprev, tnext, y1, p.t1)
+        result = _stall_check(result, keep, tprev, tnext, s.tnext - s.tprev, y1, p.t1)
     keep_arr = jnp.asarray(keep)
     saves = [
         save_step(
@@ -212,11 +212,13 @@ def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
     )
 
 
-def _stall_check(result, keep, tprev, tnext, y1, t1):
-    # An adaptive solve that can no longer make progress (the step size underflowed,
-    # typically because the vector field returns NaN) stops with a clear result
-    # instead of looping forever.
-    stalled = (tnext <= tprev) & (tprev < t1)
+def _stall_check(result, keep, tprev, tnext, old_dt, y1, t1):
+    # An adaptive solve that can no longer make progress stops with a clear result
+    # instead of looping forever: the step size underflowed, or a rejected step
+    # could not be shortened (rounding, or snapping to t1). Typically the vector
+    # field returns NaN/inf, or the solution blows up.
+    shrank = keep | (tnext - tprev < old_dt)
+    stalled = ((tnext <= tprev) | jnp.logical_not(shrank)) & (tprev < t1)
     finite = _all_finite(y1)
     code = jnp.where(finite, RESULTS.dt_min_reached._value, RESULTS.nonfinite._value)
     result = jnp.where((result == 0) & stalled, code, result)
