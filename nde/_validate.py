@@ -55,12 +55,12 @@ def check_vector_field(terms, t0, y0, args):
             f"y0 is {y_struct}, the vector field returned {out_struct}. Return one "
             "array per leaf of `y0`."
         )
-    for path_y, (y, o) in zip(
-        jtu.tree_flatten_with_path(y0)[0],
-        zip(jtu.tree_leaves(y0), jtu.tree_leaves(out)),
+    paths = [path for path, _ in jtu.tree_flatten_with_path(y0)[0]]
+    for path, y, o in zip(
+        paths, jtu.tree_leaves(y0), jtu.tree_leaves(out), strict=True
     ):
         if jnp.shape(y) != o.shape:
-            where = jtu.keystr(path_y[0]) or "y0"
+            where = "y0" + jtu.keystr(path)
             raise ValueError(
                 f"The vector field's output at {where} has shape {o.shape}, but y0 "
                 f"there has shape {jnp.shape(y)}. dy/dt must have the shape of y."
