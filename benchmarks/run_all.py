@@ -1,0 +1,33 @@
+"""Run every benchmark; print Markdown to stdout and write it (and the raw numbers
+as JSON) to `benchmarks/out/`.
+
+    python -m benchmarks.run_all [--quick] [--cases neural_fixed,tiny_fixed]
+"""
+
+import json
+import pathlib
+import sys
+import time
+
+from . import ode_forward
+
+OUT = pathlib.Path(__file__).parent / "out"
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    start = time.perf_counter()
+    md, data = ode_forward.main(argv)
+    data["wall_s"] = time.perf_counter() - start
+    OUT.mkdir(exist_ok=True)
+    (OUT / "ode_forward.md").write_text(md)
+    (OUT / "ode_forward.json").write_text(json.dumps(data, indent=1))
+    print(md)
+    print(
+        f"(written to {OUT}/ode_forward.md and .json; {data['wall_s']:.0f} s in all)",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
