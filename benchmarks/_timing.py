@@ -10,6 +10,7 @@ same way:
   median of `repeats` such cold compiles within one warm process (the process has
   already imported everything and compiled something unrelated, so one-off import
   and JAX start-up costs are not charged to whoever happens to run first).
+  Repeats go round-robin over the contestants.
   `first_call_compile_time` is the other common definition (first call minus the
   steady-state call), kept for cross-checking.
 
@@ -54,27 +55,40 @@ def block(x):
     return jax.block_until_ready(x)
 
 
-def compile_time(fn: Callable, args: Sequence, repeats: int = 3) -> CompileTime:
-    """Cold `jax.jit(fn).lower(*args).compile()` time; see the module docstring."""
-    lowers, xlas, totals = [], [], []
+def compile_times(
+    fns: dict[str, Callable], args: dict[str, Sequence], repeats: int = 3
+) -> dict[str, CompileTime]:
+    """Cold `jax.jit(fn).lower(*args).compile()` time of each contestant; see the
+    module docstring. The repeats go round-robin over the contestants, so that a
+    change of machine load affects all of them alike."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(repeats):
-        jax.clear_caches()
-        gc.collect()
-        jitted = jax.jit(fn)
-        start = time.perf_counter()
-        lowered = jitted.lower(*args)
-        mid = time.perf_counter()
-        lowered.compile()
-        end = time.perf_counter()
-        lowers.append(mid - start)
-        xlas.append(end - mid)
-        totals.append(end - start)
-    return CompileTime(
-        lower_s=statistics.median(lowers),
-        xla_s=statistics.median(xlas),
-        total_s=statistics.median(totals),
-        all_total_s=tuple(totals),
-    )
+        for name, fn in fns.items():
+            jax.clear_caches()
+            gc.collect()
+            jitted = jax.jit(fn)
+            start = time.perf_counter()
+            lowered = jitted.lower(*args[name])
+            mid = time.perf_counter()
+            lowered.compile()
+            end = time.perf_counter()
+            samples[name].append((mid - start, end - mid))
+    jax.clear_caches()
+    out = {}
+    for name, s in samples.items():
+        totals = [a + b for a, b in s]
+        out[name] = CompileTime(
+            lower_s=statistics.median(a for a, _ in s),
+            xla_s=statistics.median(b for _, b in s),
+            total_s=statistics.median(totals),
+            all_total_s=tuple(totals),
+        )
+    return out
+
+
+def compile_time(fn: Callable, args: Sequence, repeats: int = 3) -> CompileTime:
+    """`compile_times` of one function."""
+    return compile_times({"fn": fn}, {"fn": args}, repeats)["fn"]
 
 
 def first_call_compile_time(fn: Callable, args: Sequence, steady_s: float) -> float:

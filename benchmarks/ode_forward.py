@@ -369,11 +369,13 @@ def run_problem(problem: Problem, quick: bool) -> dict:
         rounds=3 if quick else 7,
     )
     # Compile times: cold, fresh jit objects.
+    cts = _timing.compile_times(
+        {name: make_contestant(problem, name) for name in names},
+        {name: args for name in names},
+        repeats=1 if quick else 5,
+    )
     for name in names:
-        ct = _timing.compile_time(
-            make_contestant(problem, name), args, repeats=1 if quick else 3
-        )
-        rows[name]["compile"] = dataclasses.asdict(ct)
+        rows[name]["compile"] = dataclasses.asdict(cts[name])
     # Number of vector field evaluations (separate, instrumented, untimed run).
     for name in names:
         _NFE[0] = 0
@@ -508,6 +510,8 @@ def environment() -> dict:
         git=rev,
         backend=jax.default_backend(),
         xla_flags=os.environ.get("XLA_FLAGS", ""),
+        nde_path=os.path.dirname(nde.__file__),
+        loadavg_end=os.getloadavg(),
     )
 
 
@@ -516,7 +520,15 @@ def to_markdown(results: list[dict], checks: list[dict], env: dict) -> str:
     lines.append(
         f"CPU: {env['cpu']} ({env['cpu_count']} cores), backend {env['backend']}; "
         f"jax {env['jax']}, equinox {env['equinox']}, diffrax {env['diffrax']}, "
-        f"nde {env['nde']} (git {env['git']}); python {env['python']}."
+        f"nde {env['nde']} (git {env['git']}, from `{env['nde_path']}`); "
+        f"python {env['python']}."
+    )
+    lines.append("")
+    fmt = lambda la: "/".join(f"{x:.2f}" for x in la)
+    lines.append(
+        f"Load average (1/5/15 min) at start {fmt(env['loadavg_start'])}, at end "
+        f"{fmt(env['loadavg_end'])}: on {env['cpu_count']} cores, a load well above "
+        "what this benchmark adds (~1) means other processes competed for the CPU."
     )
     lines.append("")
     lines.append(
@@ -588,6 +600,7 @@ def main(argv=None) -> tuple[str, dict]:
     parser.add_argument("--cases", default="", help="comma-separated case names")
     opts = parser.parse_args(argv)
     wanted = {c for c in opts.cases.split(",") if c}
+    load_start = os.getloadavg()
     _warm_process()
     results = []
     for problem in problems():
@@ -597,6 +610,7 @@ def main(argv=None) -> tuple[str, dict]:
         results.append(run_problem(problem, opts.quick))
     checks = targets(results)
     env = environment()
+    env["loadavg_start"] = load_start
     md = to_markdown(results, checks, env)
     data = dict(environment=env, results=results, targets=checks)
     return md, data
