@@ -533,7 +533,8 @@ def to_markdown(results: list[dict], checks: list[dict], env: dict) -> str:
     lines.append("")
     lines.append(
         "Per call: median wall time of a call of the compiled `jax.jit` function "
-        "(block_until_ready), after warm-up; IQR/median in brackets. Compile: cold "
+        "(block_until_ready), after warm-up; in brackets the interquartile range "
+        "relative to the median, and the number of calls. Compile: cold "
         "`jit(f).lower(...).compile()` after `jax.clear_caches()`, median of "
         "repeats (trace+lower / XLA). NFE: vector-field evaluations, counted in a "
         "separate instrumented run. Δy: max |y(t1) - y_diffrax(t1)|."
@@ -555,7 +556,7 @@ def to_markdown(results: list[dict], checks: list[dict], env: dict) -> str:
             )
             lines.append(
                 f"| {name} | {_fmt_time(pc['median_s'])} "
-                f"(±{100 * (pc['p75_s'] - pc['p25_s']) / pc['median_s']:.0f}%, "
+                f"(IQR {100 * (pc['p75_s'] - pc['p25_s']) / pc['median_s']:.0f}%, "
                 f"n={pc['n']}) | {_fmt_time(ct['total_s'])} "
                 f"({_fmt_time(ct['lower_s'])} / {_fmt_time(ct['xla_s'])}) | "
                 f"{steps} | {row['nfe']} | {row['max_abs_diff_vs_diffrax']:.2e} |"
