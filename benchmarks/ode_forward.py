@@ -471,7 +471,7 @@ def targets(results: list[dict]) -> list[dict]:
 def _fmt_time(s):
     if s < 1e-3:
         return f"{s * 1e6:.1f} us"
-    if s < 1:
+    if s < 0.9995:  # below this, 3 significant digits of ms stay below 1000
         return f"{s * 1e3:.3g} ms"
     return f"{s:.3g} s"
 
