@@ -1,18 +1,29 @@
+import functools as ft
+
 from .._loop import run
-from ._base import AbstractAdjoint, plain_while_loop
+from ._base import AbstractAdjoint
+from ._checkpointed_while_loop import checkpointed_while_loop
 
 
 class RecursiveCheckpointAdjoint(AbstractAdjoint):
     """Differentiate by backpropagating through the solver's own steps (discretise
     then optimise): exact gradients of the numerical solution. The default.
 
+    The forward pass is a `while_loop` that stops at the real number of steps; it
+    stores at most `checkpoints` states, and the backward pass recomputes the others
+    (see `_checkpointed_while_loop.py`). Memory is `O(checkpoints x state)`,
+    independent of the number of steps.
+
     **Arguments:**
 
-    - `checkpoints`: how many intermediate states to store for the backward pass;
-      `None` picks about `log2(max_steps)`.
+    - `checkpoints`: how many states to store on the forward pass (the backward pass
+      uses as many again). `None` picks about `log2(max_steps)`, which needs a finite
+      `max_steps`. More checkpoints mean less recomputation.
     """
 
     checkpoints: int | None = None
 
     def loop(self, problem):
-        return run(problem, plain_while_loop)
+        return run(
+            problem, ft.partial(checkpointed_while_loop, checkpoints=self.checkpoints)
+        )
