@@ -84,12 +84,16 @@ def _dense_init(problem: Problem, coeffs_shape) -> PyTree:
 
 def init_state(problem: Problem) -> State:
     p = problem
-    if p.controller_state is None:
+    if p.controller_state is not None and p.dt0 is not None:
+        tnext, controller_state = p.t0 + p.dt0, p.controller_state
+    else:
         tnext, controller_state = p.controller.init(
             p.terms, p.t0, p.t1, p.y0, p.dt0, p.args, p.solver.func, p.error_order
         )
-    else:
-        tnext, controller_state = p.t0 + p.dt0, p.controller_state
+        if p.controller_state is not None:
+            # Continuing a solve without `dt0`: the controller picks the first step,
+            # its state is the one passed in.
+            controller_state = p.controller_state
     tnext = _clip_to_end(p.t0, jnp.minimum(tnext, p.t1), p.t1)
     solver_state = p.solver_state
     if solver_state is None:
@@ -136,16 +140,16 @@ def _select(pred, new, old):
 
 
 def _all_finite(tree) -> Array:
-    leaves = [
-        jnp.sum(x)
+    # One reduction per leaf (a NaN or inf anywhere makes the sum non-finite), so
+    # leaves of different dtypes are never combined.
+    flags = [
+        jnp.isfinite(jnp.sum(x))
         for x in jtu.tree_leaves(tree)
         if jnp.issubdtype(x.dtype, jnp.inexact)
     ]
-    if not leaves:
+    if not flags:
         return jnp.asarray(True)
-    return jnp.all(
-        jnp.isfinite(jnp.stack([x.astype(jnp.result_type(*leaves)) for x in leaves]))
-    )
+    return jnp.all(jnp.stack(flags))
 
 
 def _first_failure(*results) -> Array:
@@ -158,7 +162,10 @@ def _first_failure(*results) -> Array:
 def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
     """One attempted step: solver step, accept/reject, save."""
     p, s = problem, state
-    made_jump = s.made_jump if p.controller.may_jump else False
+    # `made_jump` can only be true if the controller reports jumps, or at the first
+    # step of a continued solve (`diffeqsolve(..., made_jump=True)`).
+    may_jump = p.controller.may_jump or p.made_jump is not None
+    made_jump = s.made_jump if may_jump else False
     y1, y_error, dense_info, solver_state, solver_result = p.solver.step(
         p.terms, s.tprev, s.tnext, s.y, p.args, s.solver_state, made_jump
     )
@@ -205,8 +212,9 @@ def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
         controller_state=controller_state,
         result=result,
         num_steps=s.num_steps + 1,
-        num_accepted_steps=s.num_accepted_steps + keep_arr,
-        num_rejected_steps=s.num_rejected_steps + jnp.logical_not(keep_arr),
+        num_accepted_steps=s.num_accepted_steps + keep_arr.astype(jnp.int32),
+        num_rejected_steps=s.num_rejected_steps
+        + jnp.logical_not(keep_arr).astype(jnp.int32),
         saves=saves,
         dense=dense,
     )

@@ -1,8 +1,16 @@
 """Norms of PyTrees, used by adaptive step size controllers."""
 
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
+
+
+def _widest_dtype(leaves):
+    # A state may mix float32 and float64 leaves; strict dtype promotion refuses to
+    # combine them implicitly, so the norm is taken in the widest dtype explicitly.
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*leaves)
 
 
 def rms_norm(x: PyTree[Array]) -> Array:
@@ -10,8 +18,9 @@ def rms_norm(x: PyTree[Array]) -> Array:
     leaves = [jnp.abs(leaf) for leaf in jtu.tree_leaves(x)]
     if not leaves:
         return jnp.asarray(0.0)
+    dtype = _widest_dtype(leaves)
     size = sum(leaf.size for leaf in leaves)
-    total = sum(jnp.sum(leaf.astype(jnp.result_type(*leaves)) ** 2) for leaf in leaves)
+    total = sum(jnp.sum(leaf.astype(dtype) ** 2) for leaf in leaves)
     return jnp.sqrt(total / size)
 
 
@@ -20,5 +29,5 @@ def max_norm(x: PyTree[Array]) -> Array:
     leaves = [jnp.max(jnp.abs(leaf)) for leaf in jtu.tree_leaves(x) if leaf.size]
     if not leaves:
         return jnp.asarray(0.0)
-    dtype = jnp.result_type(*leaves)
+    dtype = _widest_dtype(leaves)
     return jnp.max(jnp.stack([leaf.astype(dtype) for leaf in leaves]))

@@ -54,9 +54,8 @@ def _write(state: SaveState, t, value, pred=True) -> SaveState:
 
     ts = put(state.ts, jnp.asarray(t, state.ts.dtype))
     ys = jtu.tree_map(put, state.ys, value)
-    return eqx.tree_at(
-        lambda s: (s.ts, s.ys, s.index), state, (ts, ys, state.index + pred)
-    )
+    advanced = state.index + jnp.asarray(pred).astype(jnp.int32)
+    return eqx.tree_at(lambda s: (s.ts, s.ys, s.index), state, (ts, ys, advanced))
 
 
 def init_save_state(sub: SubSaveAt, t0, y0, args, max_steps) -> SaveState:
@@ -85,7 +84,7 @@ def _save_ts_at_t0(sub, state, t0, value0):
     ts = jnp.asarray(sub.ts, state.ts.dtype)
     due = ts <= t0
     count = jnp.sum(due).astype(jnp.int32)
-    slots = jnp.arange(state.ts.shape[0])
+    slots = jnp.arange(state.ts.shape[0], dtype=jnp.int32)
     offset = slots - state.index
     mask = (offset >= 0) & (offset < count)
     new_ts = jnp.where(mask, ts[jnp.clip(offset, 0, len(ts) - 1)], state.ts)
@@ -100,8 +99,8 @@ def save_step(sub, state: SaveState, keep, tprev, tnext, y0, y1, coeffs, args):
     """Save what an accepted step `[tprev, tnext]` covers."""
     if sub.ts is not None and len(sub.ts) > 0:
         ts = jnp.asarray(sub.ts, state.ts.dtype)
-        end = jnp.where(keep, jnp.searchsorted(ts, tnext, side="right"), state.ts_index)
-        end = end.astype(jnp.int32)
+        after = jnp.searchsorted(ts, tnext, side="right").astype(jnp.int32)
+        end = jnp.where(keep, after, state.ts_index)
         dyn_args, static_args = eqx.partition(args, eqx.is_array)
         ts_buf, ys_buf = _interpolate_into(
             (sub.fn, static_args),
@@ -168,7 +167,8 @@ def _interpolate_masked(
 ):
     """The same as `_interpolate_into`, as a masked expression over every slot."""
     n_slots = ts_buf.shape[0]
-    i = jnp.arange(n_slots) - slot + start  # entry of `ts` that slot j would hold
+    # The entry of `ts` that slot j would hold.
+    i = jnp.arange(n_slots, dtype=jnp.int32) - slot + start
     mask = (i >= start) & (i < end)
     t_at = ts[jnp.clip(i, 0, ts.shape[0] - 1)]
     values = jax.vmap(

@@ -4,6 +4,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 
+def _cast(x, like):
+    return jnp.asarray(x).astype(jnp.result_type(like))
+
+
 def select_initial_step(terms, t0, y0, args, func, error_order, rtol, atol, norm):
     """The starting step size of Hairer, Norsett & Wanner, *Solving Ordinary
     Differential Equations I*, sec. II.4 ("Starting Step Size").
@@ -15,16 +19,18 @@ def select_initial_step(terms, t0, y0, args, func, error_order, rtol, atol, norm
     and the step is `min(100 h0, h1)`. Costs one extra vector field evaluation.
     """
     tdtype = jnp.result_type(t0)
-    scale = jtu.tree_map(lambda y: atol + rtol * jnp.abs(y), y0)
+    scale = jtu.tree_map(lambda y: _cast(atol, y) + _cast(rtol, y) * jnp.abs(y), y0)
     divide = lambda a, b: jtu.tree_map(lambda x, s: x / s, a, b)
+    # The norms are taken in the state's dtype; the step size lives in time's.
+    norm_t = lambda x: norm(x).astype(tdtype)
     f0 = func(terms, t0, y0, args)
-    d0 = norm(divide(y0, scale))
-    d1 = norm(divide(f0, scale))
+    d0 = norm_t(divide(y0, scale))
+    d1 = norm_t(divide(f0, scale))
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1, d1)).astype(tdtype)
     y1 = jtu.tree_map(lambda y, f: y + h0.astype(y.dtype) * f, y0, f0)
     f1 = func(terms, t0 + h0, y1, args)
-    d2 = norm(divide(jtu.tree_map(jnp.subtract, f1, f0), scale)) / h0
+    d2 = norm_t(divide(jtu.tree_map(jnp.subtract, f1, f0), scale)) / h0
     max_d = jnp.maximum(d1, d2)
     h1 = jnp.where(
         max_d <= 1e-15,

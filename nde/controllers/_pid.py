@@ -118,7 +118,8 @@ class PIDController(AbstractStepSizeController):
             y = jnp.maximum(
                 jnp.abs(y0_), jnp.abs(jnp.where(jnp.isfinite(y1_), y1_, y0_))
             )
-            return err / (self.atol + self.rtol * y).astype(err.dtype)
+            cast = lambda x: jnp.asarray(x).astype(err.dtype)
+            return err / (cast(self.atol) + cast(self.rtol) * y)
 
         return self.norm(jtu.tree_map(scale, y0, y1_candidate, y_error))
 

@@ -87,7 +87,8 @@ class AbstractRungeKutta(AbstractSolver):
         return lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: fsal_vf)
 
     def _stage_time(self, i, t0, t1):
-        c = self.tableau.c[i]
+        # A Python float is weakly typed: float32 times stay float32.
+        c = float(self.tableau.c[i])
         return t1 if c == 1 else t0 + c * (t1 - t0)
 
     def _unrolled_stages(self, terms, t0, t1, y0, args, control, k0):
