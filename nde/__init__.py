@@ -27,6 +27,8 @@ from ._terms import (
 )
 from .adjoints import (
     AbstractAdjoint as AbstractAdjoint,
+    DirectAdjoint as DirectAdjoint,
+    ForwardMode as ForwardMode,
     RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint,
 )
 from .controllers import (
@@ -52,3 +54,18 @@ from .solvers import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The Trainer lives in `nde.training`, which pulls in optax (and, when a run
+    # starts, orbax, tensorboardX, ...): import it on first use so that `import nde`
+    # stays as light as the solver core.
+    if name == "Trainer":
+        from .training import Trainer
+
+        return Trainer
+    if name == "training":
+        import importlib
+
+        return importlib.import_module(".training", __name__)
+    raise AttributeError(f"module 'nde' has no attribute {name!r}")

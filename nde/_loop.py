@@ -252,11 +252,13 @@ def _dense_write(dense, index, keep, tnext, y0, dense_info):
 def run(problem: Problem, while_loop: WhileLoop) -> State:
     """Solve: initialise, loop with the given `while_loop`, finalise.
 
-    `while_loop(cond_fun, body_fun, init_state, *, consts, max_steps)` must behave
-    like `lax.while_loop` with `cond_fun(consts, state)` and
+    `while_loop(cond_fun, body_fun, init_state, *, consts, max_steps, buffers)` must
+    behave like `lax.while_loop` with `cond_fun(consts, state)` and
     `body_fun(consts, state)`. The loop passes `consts=problem` explicitly (rather
     than closing over it) so that a custom-differentiated loop can see every input
-    it must differentiate with respect to.
+    it must differentiate with respect to. `buffers(state)` names the parts of the
+    state that the loop only writes to, at dynamic indices, and never reads (the
+    save buffers): a checkpointing loop need not store copies of them.
     """
     key = problem.progress_meter.init()
     state = while_loop(
@@ -265,9 +267,15 @@ def run(problem: Problem, while_loop: WhileLoop) -> State:
         init_state(problem),
         consts=problem,
         max_steps=problem.max_steps,
+        buffers=buffers,
     )
     problem.progress_meter.close(key)
     return finalise(problem, state)
+
+
+def buffers(state: State) -> PyTree[Array]:
+    """The write-only parts of the loop state: the save and dense output buffers."""
+    return [(save.ts, save.ys) for save in state.saves], state.dense
 
 
 def finalise(problem: Problem, state: State) -> State:

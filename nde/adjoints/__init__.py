@@ -1,6 +1,8 @@
 """Adjoints: how a solve is differentiated. See README.md in this folder."""
 
 from ._base import AbstractAdjoint as AbstractAdjoint
+from ._direct import DirectAdjoint as DirectAdjoint
+from ._forward_mode import ForwardMode as ForwardMode
 from ._recursive_checkpoint import (
     RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint,
 )

@@ -8,9 +8,9 @@ import jax.lax as lax
 from .._loop import Problem, State
 
 
-def plain_while_loop(cond_fun, body_fun, init_state, *, consts, max_steps):
+def plain_while_loop(cond_fun, body_fun, init_state, *, consts, max_steps, buffers):
     """`lax.while_loop`, stopping after `max_steps` iterations at most."""
-    del max_steps  # `cond_fun` already checks it
+    del max_steps, buffers  # `cond_fun` already checks the number of steps
     return lax.while_loop(
         lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s), init_state
     )
