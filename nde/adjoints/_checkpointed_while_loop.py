@@ -63,19 +63,22 @@ class _Layout:
             "buf" if id(x) in buffer_ids else "dyn" if eqx.is_array(x) else "static"
             for x in leaves
         )
-        self.static = [x if k == "static" else None for x, k in zip(leaves, self.kinds)]
+        self.static = [
+            x if k == "static" else None
+            for x, k in zip(leaves, self.kinds, strict=True)
+        ]
 
     def pack(self, state, flat=False):
         leaves = state if flat else self.treedef.flatten_up_to(state)
-        dyn = [x for x, k in zip(leaves, self.kinds) if k == "dyn"]
-        bufs = [x for x, k in zip(leaves, self.kinds) if k == "buf"]
+        dyn = [x for x, k in zip(leaves, self.kinds, strict=True) if k == "dyn"]
+        bufs = [x for x, k in zip(leaves, self.kinds, strict=True) if k == "buf"]
         return dyn, bufs
 
     def unpack(self, dyn, bufs):
         dyn_iter, buf_iter = iter(dyn), iter(bufs)
         leaves = [
             next(dyn_iter) if k == "dyn" else next(buf_iter) if k == "buf" else s
-            for k, s in zip(self.kinds, self.static)
+            for k, s in zip(self.kinds, self.static, strict=True)
         ]
         return jtu.tree_unflatten(self.treedef, leaves)
 
