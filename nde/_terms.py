@@ -33,8 +33,9 @@ class AbstractTerm(eqx.Module):
         """The vector field at `(t, y)`."""
 
     @abc.abstractmethod
-    def contr(self, t0: RealScalarLike, t1: RealScalarLike) -> Control:
-        """The control increment over `[t0, t1]`."""
+    def contr(self, t0: RealScalarLike, t1: RealScalarLike, **kwargs) -> Control:
+        """The control increment over `[t0, t1]`. Keyword arguments go to the control
+        (e.g. `use_levy=True` asks a Brownian motion for its Lévy area too)."""
 
     @abc.abstractmethod
     def prod(self, vf: VF, control: Control) -> Y:
@@ -70,7 +71,7 @@ class ODETerm(AbstractTerm):
     def vf(self, t, y, args):
         return self.vector_field(t, y, args)
 
-    def contr(self, t0, t1):
+    def contr(self, t0, t1, **kwargs):
         return t1 - t0
 
     def prod(self, vf, control):
@@ -100,8 +101,8 @@ class MultiTerm(AbstractTerm):
     def vf(self, t, y, args):
         return tuple(term.vf(t, y, args) for term in self.terms)
 
-    def contr(self, t0, t1):
-        return tuple(term.contr(t0, t1) for term in self.terms)
+    def contr(self, t0, t1, **kwargs):
+        return tuple(term.contr(t0, t1, **kwargs) for term in self.terms)
 
     def prod(self, vf, control):
         increments = [
@@ -130,8 +131,8 @@ class _DirectedTerm(AbstractTerm):
     def vf(self, t, y, args):
         return self.term.vf(t * self.direction, y, args)
 
-    def contr(self, t0, t1):
-        return self.term.contr(t0 * self.direction, t1 * self.direction)
+    def contr(self, t0, t1, **kwargs):
+        return self.term.contr(t0 * self.direction, t1 * self.direction, **kwargs)
 
     def prod(self, vf, control):
         return self.term.prod(vf, control)

@@ -4,6 +4,7 @@ import abc
 
 import equinox as eqx
 
+from .._control_terms import has_control_term, is_sde
 from .._custom_types import VF, Args, BoolScalarLike, DenseInfo, RealScalarLike, Y
 from .._results import Result
 from .._terms import AbstractTerm
@@ -32,8 +33,15 @@ class AbstractSolver(eqx.Module):
         """Order of the local error estimate, used by adaptive controllers.
 
         The estimate is the difference of a method of order `p` and an embedded one
-        of order `p - 1`, whose local error is `O(dt**p)`; hence `p` on ODEs.
+        of order `p - 1`, whose local error is `O(dt**p)`; hence `p` on ODEs. On an
+        SDE both have strong order `q` and their difference is `O(dt**(q + 1/2))`
+        (the usual heuristic, e.g. Burrage & Burrage, "A variable stepsize
+        implementation for stochastic differential equations", SIAM J. Sci.
+        Comput. 2002).
         """
+        if is_sde(terms):
+            order = self.strong_order(terms)
+            return None if order is None else order + 0.5
         return self.order(terms)
 
     @abc.abstractmethod
@@ -66,6 +74,12 @@ class AbstractSolver(eqx.Module):
 
     def func(self, terms: AbstractTerm, t0: RealScalarLike, y0: Y, args: Args) -> VF:
         """The vector field at `(t0, y0)`, e.g. for initial step size selection."""
+        if has_control_term(terms):
+            raise ValueError(
+                "`diffeqsolve(..., dt0=None)` chooses the first step from dy/dt, which "
+                "an SDE or a CDE does not have. Pass an initial step size, e.g. "
+                "`dt0=0.01`."
+            )
         return terms.vf(t0, y0, args)
 
 
