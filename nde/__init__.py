@@ -4,8 +4,29 @@ A Diffrax-compatible solver core (`import nde as diffrax` runs Diffrax code), it
 adjoints, and (in later layers) a Trainer and paper recipes.
 """
 
+from ._brownian import (
+    AbstractBrownianPath as AbstractBrownianPath,
+    BrownianIncrement as BrownianIncrement,
+    SpaceTimeLevyArea as SpaceTimeLevyArea,
+    UnsafeBrownianPath as UnsafeBrownianPath,
+)
+from ._brownian_tree import VirtualBrownianTree as VirtualBrownianTree
+from ._control_terms import (
+    ControlTerm as ControlTerm,
+    WeaklyDiagonalControlTerm as WeaklyDiagonalControlTerm,
+)
 from ._interpolation import DenseInterpolation as DenseInterpolation
 from ._norms import max_norm as max_norm, rms_norm as rms_norm
+from ._path_data import (
+    backward_hermite_coefficients as backward_hermite_coefficients,
+    linear_interpolation as linear_interpolation,
+    rectilinear_interpolation as rectilinear_interpolation,
+)
+from ._paths import (
+    AbstractPath as AbstractPath,
+    CubicInterpolation as CubicInterpolation,
+    LinearInterpolation as LinearInterpolation,
+)
 from ._progress_meter import (
     AbstractProgressMeter as AbstractProgressMeter,
     NoProgressMeter as NoProgressMeter,
@@ -30,6 +51,7 @@ from .adjoints import (
     DirectAdjoint as DirectAdjoint,
     ForwardMode as ForwardMode,
     RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint,
+    ReversibleAdjoint as ReversibleAdjoint,
 )
 from .controllers import (
     AbstractStepSizeController as AbstractStepSizeController,
@@ -39,7 +61,9 @@ from .controllers import (
     StepTo as StepTo,
 )
 from .solvers import (
+    SRA1 as SRA1,
     AbstractAdaptiveSolver as AbstractAdaptiveSolver,
+    AbstractReversibleSolver as AbstractReversibleSolver,
     AbstractRungeKutta as AbstractRungeKutta,
     AbstractSolver as AbstractSolver,
     Bosh3 as Bosh3,
@@ -47,9 +71,14 @@ from .solvers import (
     Dopri5 as Dopri5,
     Dopri8 as Dopri8,
     Euler as Euler,
+    EulerHeun as EulerHeun,
     Heun as Heun,
+    ItoMilstein as ItoMilstein,
     Midpoint as Midpoint,
     Ralston as Ralston,
+    ReversibleHeun as ReversibleHeun,
+    ShARK as ShARK,
+    StratonovichMilstein as StratonovichMilstein,
     Tsit5 as Tsit5,
 )
 

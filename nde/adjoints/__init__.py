@@ -6,3 +6,4 @@ from ._forward_mode import ForwardMode as ForwardMode
 from ._recursive_checkpoint import (
     RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint,
 )
+from ._reversible import ReversibleAdjoint as ReversibleAdjoint

@@ -1,0 +1,246 @@
+"""`ReversibleAdjoint`: backpropagation through an algebraically reversible solver
+in O(1) memory, by reconstructing the states backwards instead of storing them.
+
+Forward: the ordinary loop in a plain `while_loop`, which stores nothing but the
+times of the accepted steps (one scalar each, through an extra `SubSaveAt(steps=True)`
+that records no values).
+
+Backward, three phases, each the VJP of the very code the forward pass ran:
+
+1. `finalise` (what is saved at `t1`);
+2. the accepted steps, last to first: `solver.backward_step` recovers the state at
+   the start of the step from the state at its end, then the VJP of
+   `solver.step` plus what the step saved (`save_step` on empty buffers, so only
+   the slots this step wrote receive their cotangents);
+3. `init_state` (the solver's initial state and what is saved at `t0`).
+
+The gradients are those of the discretised solve (as `RecursiveCheckpointAdjoint`
+computes them), up to the round-off of the reconstruction (Kidger, Foster, Li &
+Lyons, "Efficient and accurate gradients for neural SDEs", NeurIPS 2021).
+"""
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .._loop import Problem, State, finalise, init_state, is_running, step
+from .._saveat import SaveAt, SubSaveAt, sub_saveats
+from .._saving import SaveState, save_step
+from ..solvers._reversible_heun import AbstractReversibleSolver
+from ._base import AbstractAdjoint
+
+
+def _no_value(t, y, args):
+    return None
+
+
+def _record_steps(problem: Problem) -> Problem:
+    """`problem`, also recording the end time of every accepted step (last sub)."""
+    saveat = problem.saveat
+    recorder = SubSaveAt(steps=True, fn=_no_value)
+    recording = SaveAt(
+        subs=(saveat.subs, recorder),
+        dense=saveat.dense,
+        solver_state=saveat.solver_state,
+        controller_state=saveat.controller_state,
+        made_jump=saveat.made_jump,
+    )
+    return eqx.tree_at(lambda p: p.saveat, problem, recording)
+
+
+def _run_to_t1(problem: Problem) -> State:
+    """`_loop.run` with a plain while loop, stopping before `finalise`."""
+    meter = problem.progress_meter.init()
+    state = lax.while_loop(
+        lambda s: is_running(problem, s),
+        lambda s: step(problem, s, meter),
+        init_state(problem),
+    )
+    problem.progress_meter.close(meter)
+    return state
+
+
+@eqx.filter_custom_vjp
+def _solve(problem: Problem) -> State:
+    return finalise(problem, _run_to_t1(problem))
+
+
+@_solve.def_fwd
+def _solve_fwd(perturbed, problem):
+    _check_times_not_perturbed(perturbed)
+    before_final = _run_to_t1(problem)
+    return finalise(problem, before_final), before_final
+
+
+def _check_times_not_perturbed(perturbed: Problem) -> None:
+    times = (perturbed.t0, perturbed.t1, perturbed.dt0, perturbed.saveat)
+    if any(jtu.tree_leaves(times)):
+        raise NotImplementedError(
+            "`ReversibleAdjoint` differentiates with respect to `y0`, `args` and the "
+            "parameters in `terms`, not with respect to `t0`, `t1`, `dt0` or "
+            "`SaveAt(ts=...)`. Use `adjoint=RecursiveCheckpointAdjoint()` for "
+            "gradients with respect to times."
+        )
+
+
+def _zeros_where_none(like, ct):
+    return jtu.tree_map(lambda x, g: jnp.zeros_like(x) if g is None else g, like, ct)
+
+
+def _save_slots(sub: SubSaveAt, n, t_n, has_t0_slot: bool):
+    """Where the save buffers of `sub` stood before accepted step `n`: as written by
+    `_saving.py`, the `t0` slot (if any), then per step the `ts` it covers and (with
+    `steps=True`) its end, in order."""
+    if sub.ts is None or len(sub.ts) == 0:
+        ts_index = jnp.asarray(0, jnp.int32)
+    else:
+        ts = jnp.asarray(sub.ts, jnp.result_type(t_n))
+        ts_index = jnp.searchsorted(ts, t_n, side="right").astype(jnp.int32)
+    index = int(has_t0_slot) + ts_index + n * int(sub.steps)
+    return index.astype(jnp.int32), ts_index
+
+
+@_solve.def_bwd
+def _solve_bwd(before_final, grad_obj, perturbed, problem):
+    del perturbed
+    p_diff, p_rest = eqx.partition(problem, eqx.is_inexact_array)
+    full = lambda d: eqx.combine(d, p_rest)
+    out_like = eqx.partition(before_final, eqx.is_inexact_array)[0]
+    ct = _zeros_where_none(out_like, grad_obj)
+    subs = sub_saveats(problem.saveat)[:-1]  # the last one is the step recorder
+    ct_saves = [s.ys for s in ct.saves[:-1]]
+
+    ct_p, ct_y = _finalise_vjp(full, p_diff, before_final, ct_saves)
+    ct_y = jtu.tree_map(jnp.add, ct_y, ct.y)
+    ct_state = (ct_y, ct.solver_state)
+    state_n = (before_final.y, before_final.solver_state)
+    step_ts = before_final.saves[-1].ts
+    num_steps = before_final.num_accepted_steps
+
+    def body(carry):
+        n, state, ct_state, ct_p = carry
+        n = n - 1
+        t_n = jnp.where(n == 0, problem.t0, step_ts[jnp.maximum(n - 1, 0)])
+        t_next = step_ts[n]
+        p = problem
+        y_n, ss_n = p.solver.backward_step(
+            p.terms, t_n, t_next, state[0], p.args, state[1]
+        )
+
+        def forward(p_diff, y, ss):
+            q = full(p_diff)
+            y1, _, dense, ss1, _ = q.solver.step(
+                q.terms, t_n, t_next, y, q.args, ss, False
+            )
+            saves = [
+                _step_saves(sub, save, n, t_n, t_next, y, y1, dense, q.args)
+                for sub, save in zip(subs, before_final.saves, strict=False)
+            ]
+            return (y1, ss1), saves
+
+        _, vjp_fn = jax.vjp(forward, p_diff, y_n, ss_n)
+        d_p, ct_y_n, ct_ss_n = vjp_fn((ct_state, ct_saves))
+        return n, (y_n, ss_n), (ct_y_n, ct_ss_n), jtu.tree_map(jnp.add, ct_p, d_p)
+
+    carry = (num_steps, state_n, ct_state, ct_p)
+    _, _, ct_state, ct_p = lax.while_loop(lambda c: c[0] > 0, body, carry)
+
+    # Cotangents for times are partial, but never used: times are not perturbed.
+    return jtu.tree_map(jnp.add, ct_p, _init_vjp(full, p_diff, ct_state, ct_saves))
+
+
+def _step_saves(sub, save: SaveState, n, t_n, t_next, y, y1, dense, args):
+    """What accepted step `n` writes into the buffers of `sub`, into zeroed buffers."""
+    index, ts_index = _save_slots(sub, n, t_n, sub.t0)
+    empty = SaveState(
+        ts=save.ts,
+        ys=jtu.tree_map(jnp.zeros_like, save.ys),
+        index=index,
+        ts_index=ts_index,
+    )
+    keep = jnp.asarray(True)
+    return save_step(sub, empty, keep, t_n, t_next, y, y1, dense["coeffs"], args).ys
+
+
+def _finalise_vjp(full, p_diff, before_final: State, ct_saves):
+    def saved(p_diff, y):
+        state = finalise(full(p_diff), eqx.tree_at(lambda s: s.y, before_final, y))
+        return [s.ys for s in state.saves[:-1]]
+
+    _, vjp_fn = jax.vjp(saved, p_diff, before_final.y)
+    return vjp_fn(ct_saves)
+
+
+def _init_vjp(full, p_diff, ct_state, ct_saves):
+    def initial(p_diff):
+        state = init_state(full(p_diff))
+        return (state.y, state.solver_state), [s.ys for s in state.saves[:-1]]
+
+    _, vjp_fn = jax.vjp(initial, p_diff)
+    (d_p,) = vjp_fn((ct_state, ct_saves))
+    return d_p
+
+
+class ReversibleAdjoint(AbstractAdjoint):
+    """Differentiate an algebraically reversible solver (`ReversibleHeun`) in O(1)
+    memory: the backward pass reconstructs each step's starting state from its end
+    state, instead of storing or recomputing states. The gradients are exactly those
+    of the discretised solve (as with `RecursiveCheckpointAdjoint`), up to the
+    round-off of the reconstruction; memory does not grow with the number of steps
+    (beyond one time per step), and each step is evaluated only about twice more on
+    the backward pass.
+
+    Works for ODEs, CDEs and SDEs; for SDEs the Brownian motion must give the same
+    increment for the same interval on the backward pass (`VirtualBrownianTree`, or
+    `UnsafeBrownianPath` with fixed steps). Gradients are with respect to `y0`,
+    `args` and the parameters in `terms` (not times). Any step size controller
+    without jumps; not with `SaveAt(dense=True)`.
+
+    Reference: Kidger, Foster, Li & Lyons, "Efficient and accurate gradients for
+    neural SDEs", NeurIPS 2021.
+
+    **Example:**
+
+        diffeqsolve(terms, ReversibleHeun(), t0, t1, dt0, y0, adjoint=ReversibleAdjoint())
+    """
+
+    def validate(self, problem: Problem) -> None:
+        if not isinstance(problem.solver, AbstractReversibleSolver):
+            raise ValueError(
+                "`ReversibleAdjoint` reconstructs states backwards, which needs an "
+                "algebraically reversible solver; got "
+                f"solver={type(problem.solver).__name__}(). Use "
+                "`solver=ReversibleHeun()`, or `adjoint=RecursiveCheckpointAdjoint()` "
+                "with this solver."
+            )
+        if problem.max_steps is None:
+            raise ValueError(
+                "`ReversibleAdjoint` records the time of every step, so it needs an "
+                "integer `diffeqsolve(..., max_steps=...)`; got max_steps=None."
+            )
+        if problem.saveat.dense:
+            raise ValueError(
+                "`ReversibleAdjoint` does not support `SaveAt(dense=True)`: the dense "
+                "output would store every step. Save at `ts` instead, or use "
+                "`adjoint=RecursiveCheckpointAdjoint()`."
+            )
+        if problem.controller.may_jump or problem.made_jump is not None:
+            raise ValueError(
+                "`ReversibleAdjoint` cannot reconstruct a solve across "
+                "discontinuities (`ClipStepSizeController(jump_ts=...)` or "
+                "`diffeqsolve(..., made_jump=...)`). Use `step_ts` instead of "
+                "`jump_ts`, or `adjoint=RecursiveCheckpointAdjoint()`."
+            )
+
+    def loop(self, problem: Problem) -> State:
+        state = _solve(_record_steps(problem))
+        # Integer outputs of a custom-VJP function carry (symbolic-zero) tangents,
+        # which `eqx.error_if` on the result code cannot linearise: cut them.
+        nondiff = lax.stop_gradient((state.result, state.num_steps))
+        return eqx.tree_at(
+            lambda s: (s.saves, s.result, s.num_steps),
+            state,
+            (state.saves[:-1], *nondiff),
+        )
