@@ -48,10 +48,12 @@ from ._terms import (
 )
 from .adjoints import (
     AbstractAdjoint as AbstractAdjoint,
+    BacksolveAdjoint as BacksolveAdjoint,
     DirectAdjoint as DirectAdjoint,
     ForwardMode as ForwardMode,
     RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint,
     ReversibleAdjoint as ReversibleAdjoint,
+    adjoint_rms_seminorm as adjoint_rms_seminorm,
 )
 from .controllers import (
     AbstractStepSizeController as AbstractStepSizeController,

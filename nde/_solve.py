@@ -2,9 +2,12 @@
 `Solution`."""
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 
 from . import _validate as validate
+from ._brownian import check_brownian_stepping
 from ._custom_types import Args, BoolScalarLike, RealScalarLike
 from ._interpolation import DenseInterpolation
 from ._loop import Problem, State
@@ -70,6 +73,7 @@ def diffeqsolve(
     """
     y0 = validate.as_state(y0)
     validate.check_solver_controller(solver, stepsize_controller)
+    check_brownian_stepping(terms, stepsize_controller)
     validate.check_max_steps(max_steps, saveat)
     dt0 = validate.check_dt0(t0, t1, dt0, stepsize_controller)
     if isinstance(stepsize_controller, StepTo):
@@ -98,11 +102,24 @@ def diffeqsolve(
         made_jump=made_jump,
     )
     adjoint.validate(problem)
-    state = adjoint.loop(problem)
+    state = _integer_leaves_nondifferentiable(adjoint.loop(problem))
     sol = _solution(problem, saveat, state, t0, t1, direction)
     if throw:
         sol = _throw_if_failed(sol)
     return sol
+
+
+def _integer_leaves_nondifferentiable(state: State) -> State:
+    # Counters and result codes leaving a custom-differentiated loop can carry
+    # (zero) tangents, which `eqx.error_if` (used by `throw=True`) cannot linearise.
+    return jtu.tree_map(
+        lambda x: (
+            lax.stop_gradient(x)
+            if eqx.is_array(x) and not eqx.is_inexact_array(x)
+            else x
+        ),
+        state,
+    )
 
 
 def _time_dtype(*times):

@@ -1,8 +1,11 @@
 import functools as ft
 
+import equinox as eqx
+
 from .._loop import run
 from ._base import AbstractAdjoint
 from ._checkpointed_while_loop import checkpointed_while_loop
+from ._closure_convert import closure_convert_terms
 
 
 class RecursiveCheckpointAdjoint(AbstractAdjoint):
@@ -24,6 +27,10 @@ class RecursiveCheckpointAdjoint(AbstractAdjoint):
     checkpoints: int | None = None
 
     def loop(self, problem):
+        terms = closure_convert_terms(
+            problem.terms, problem.t0, problem.y0, problem.args
+        )
+        problem = eqx.tree_at(lambda p: p.terms, problem, terms)
         return run(
             problem, ft.partial(checkpointed_while_loop, checkpoints=self.checkpoints)
         )
