@@ -179,7 +179,10 @@ _b_error = np.array(
     ]
 )
 
-# Bogacki & Shampine (1990) continuous extension, seventh order:
+# Bogacki & Shampine (1990) continuous extension from the 14 stages (no extra
+# evaluations). It is a polynomial of degree 6 that satisfies the order conditions
+# only up to order 5: its local error is O(dt^6), measured in tests/test_dense.py.
+# (A seventh-order interpolant, as in Hairer's DOP853, costs 3 more evaluations.)
 # y(theta) = y0 + sum_j w_j(theta) k_j; row j holds the coefficients of
 # theta, theta^2, ..., theta^6 in w_j.
 _dense = np.array(
@@ -278,7 +281,7 @@ _dopri8_tableau = ButcherTableau(
 
 class Dopri8(AbstractRungeKutta, AbstractAdaptiveSolver):
     """The Dormand--Prince 8(7) method: eighth order, fourteen stages with FSAL,
-    embedded seventh-order error estimate, seventh-order dense output. For tight
+    embedded seventh-order error estimate, fifth-order dense output. For tight
     tolerances on smooth problems.
 
     ??? cite "References"
