@@ -53,89 +53,112 @@ def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
-class _Node(eqx.Module):
-    """The current node of each of the two query points (leading axis of size 2),
-    for a standard Brownian motion `B` on `[0, 1]`.
+def _time_dtype(*times):
+    """The widest floating dtype among the times (integers count as the default
+    float), without implicit promotion."""
+    dtypes = [jnp.asarray(t).dtype for t in times]
+    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return max(floats or [jnp.result_type(float)], key=lambda d: d.itemsize)
 
-    `w` and `integral` are `B(start)` and `int B` up to `start`, measured from the
-    start of the deepest node that holds both points (so that the difference of the
-    two points' values loses no precision to cancellation).
+
+_MAX_DEPTH = 30  # node ids 2**level + index must fit in a uint32
+
+
+def _node_index(x, levels):
+    """The index of the node holding `x` (in `[0, 1]`) at each level `0..levels`.
+
+    At level `k` it is `floor(x 2**k)` (the last node for `x = 1`): exact, since
+    scaling by a power of two is exact, so a point's path down the tree is the same
+    in every query.
     """
-
-    key: PRNGKeyArray
-    start: Array
-    w: Array
-    dw: Array
-    hh: Array
-    integral: Array
+    scale = jnp.ldexp(jnp.ones((), x.dtype), jnp.arange(levels + 1))
+    index = jnp.floor(x[:, None] * scale)
+    return jnp.minimum(index, scale - 1), scale
 
 
-def _split(node: _Node, length, levy: bool, sample_shape, dtype):
-    """The increments and Lévy areas of both halves of each node."""
-    z = jax.vmap(lambda k: jr.normal(jr.fold_in(k, 2), (2,) + sample_shape, dtype))(
-        node.key
-    )
-    z1, z2 = z[:, 0], z[:, 1]
-    length = length.astype(dtype)
-    if levy:
-        diff = 3 * node.hh + jnp.sqrt(length / 4) * z1
-        mean_h = node.hh - diff / 4
-        half_diff_h = jnp.sqrt(length / 48) * z2
-        hh_left, hh_right = mean_h + half_diff_h, mean_h - half_diff_h
-    else:
-        diff = jnp.sqrt(length) * z1
-        hh_left = hh_right = node.hh
-    return (node.dw + diff) / 2, (node.dw - diff) / 2, hh_left, hh_right
+def _node_samples(key, ids, num: int, shape, dtype):
+    """`num` standard normals of `shape` per node id, all in one vectorised draw (one
+    random-number kernel instead of one per level: much faster to compile)."""
+    draw = lambda i: jr.normal(jr.fold_in(key, i), (num,) + shape, dtype)
+    return jax.vmap(jax.vmap(draw))(ids)
 
 
 def _bcast(x, like):
     return x.reshape(x.shape + (1,) * (like.ndim - x.ndim))
 
 
-def _descend(node: _Node, x, depth, levy: bool, sample_shape, dtype) -> _Node:
-    """Walk both points `x` (shape `(2,)`, in `[0, 1]`) down `depth` levels."""
+class _Walk(eqx.Module):
+    """Both query points (leading axis of size 2) walking down the tree of a standard
+    Brownian motion `B` on `[0, 1]`: the increment `dw` and Lévy area `hh` of the
+    current node, and `w`, `integral` = `B`, `int B` at the node's start. These two
+    are measured from the start of the deepest node holding both points, so that
+    their difference between the points loses no precision to cancellation."""
 
-    def level(k, carry):
-        node, together = carry
-        length = jnp.ldexp(jnp.ones((), x.dtype), -k)  # 2**-k, exactly
-        mid = node.start + length / 2
-        dw_l, dw_r, hh_l, hh_r = _split(node, length, levy, sample_shape, dtype)
-        right = x >= mid
+    w: Array
+    dw: Array
+    hh: Array
+    integral: Array
+    together: Array
+
+
+def _halves(walk: _Walk, length, z, levy: bool):
+    """Increments and Lévy areas of both halves of the current nodes, given `z`."""
+    length = length.astype(walk.dw.dtype)
+    if levy:
+        diff = 3 * walk.hh + jnp.sqrt(length / 4) * z[:, 0]
+        mean_h = walk.hh - diff / 4
+        half_diff_h = jnp.sqrt(length / 48) * z[:, 1]
+        hh_left, hh_right = mean_h + half_diff_h, mean_h - half_diff_h
+    else:
+        diff = jnp.sqrt(length) * z[:, 0]
+        hh_left = hh_right = walk.hh
+    return (walk.dw + diff) / 2, (walk.dw - diff) / 2, hh_left, hh_right
+
+
+def _descend(walk: _Walk, z, right, active, levy: bool) -> _Walk:
+    """Walk down the levels: `z[:, k]` are the samples of the level-`k` nodes,
+    `right[:, k]` whether each point goes to the right half, `active[k]` whether
+    level `k` exists (a traced depth runs over `_MAX_DEPTH` levels)."""
+
+    def level(walk, xs):
+        z, right, active, length = xs
+        dw_l, dw_r, hh_l, hh_r = _halves(walk, length, z, levy)
         r = _bcast(right, dw_l)
-        half = (length / 2).astype(dtype)
-        left_integral = half * (node.w + dw_l / 2 + hh_l)
-        w = jnp.where(r, node.w + dw_l, node.w)
-        integral = jnp.where(r, node.integral + left_integral, node.integral)
-        still_together = together & (right[0] == right[1])
+        half = (length / 2).astype(dw_l.dtype)
+        w = jnp.where(r, walk.w + dw_l, walk.w)
+        integral = jnp.where(
+            r, walk.integral + half * (walk.w + dw_l / 2 + hh_l), walk.integral
+        )
+        together = walk.together & (right[0] == right[1])
         # While both points share a node, measure from that node's start.
-        w = jnp.where(still_together, 0, w)
-        integral = jnp.where(still_together, 0, integral)
-        new = _Node(
-            key=jax.vmap(jr.fold_in)(node.key, right.astype(jnp.uint32)),
-            start=jnp.where(right, mid, node.start),
-            w=w,
+        new = _Walk(
+            w=jnp.where(together, 0, w),
             dw=jnp.where(r, dw_r, dw_l),
             hh=jnp.where(r, hh_r, hh_l),
-            integral=integral,
+            integral=jnp.where(together, 0, integral),
+            together=together,
         )
-        return new, still_together
+        return jtu.tree_map(lambda a, b: jnp.where(active, a, b), new, walk), None
 
-    node, _ = lax.fori_loop(0, depth, level, (node, jnp.asarray(True)))
-    return node
+    levels = right.shape[1]
+    lengths = jnp.ldexp(jnp.ones((), jnp.float32), -jnp.arange(levels))
+    xs = (jnp.moveaxis(z, 1, 0), right.T, active, lengths)
+    walk, _ = lax.scan(level, walk, xs)
+    return walk
 
 
-def _leaf_values(node: _Node, x, length, levy: bool):
-    """`B` and `int B` at `x` inside each point's leaf, from the conditional mean."""
-    dtype = node.dw.dtype
-    r = _bcast(jnp.clip((x - node.start) / length, 0, 1).astype(dtype), node.dw)
-    length = length.astype(dtype)
+def _leaf_values(walk: _Walk, r, length, levy: bool):
+    """`B` and `int B` at the fraction `r` of each point's leaf (of `length`), from
+    the conditional mean given the leaf's increment (and Lévy area)."""
+    r = _bcast(r.astype(walk.dw.dtype), walk.dw)
+    length = length.astype(walk.dw.dtype)
     if levy:
-        w = node.w + r * node.dw + 6 * r * (1 - r) * node.hh
-        area = r * node.w + r**2 * node.dw / 2 + node.hh * r**2 * (3 - 2 * r)
+        w = walk.w + r * walk.dw + 6 * r * (1 - r) * walk.hh
+        area = r * walk.w + r**2 * walk.dw / 2 + walk.hh * r**2 * (3 - 2 * r)
     else:
-        w = node.w + r * node.dw
-        area = r * node.w + r**2 * node.dw / 2
-    return w, node.integral + length * area
+        w = walk.w + r * walk.dw
+        area = r * walk.w + r**2 * walk.dw / 2
+    return w, walk.integral + length * area
 
 
 class VirtualBrownianTree(AbstractBrownianPath):
@@ -195,11 +218,20 @@ class VirtualBrownianTree(AbstractBrownianPath):
         self.levy_area = levy_area
 
     def _depth(self):
+        """The number of bisections; a Python int when the interval is concrete."""
         if _is_concrete(self.t0, self.t1, self.tol):
             ratio = (float(self.t1) - float(self.t0)) / float(self.tol)
-            return max(0, math.ceil(math.log2(ratio))) if ratio > 1 else 0
+            depth = max(0, math.ceil(math.log2(ratio))) if ratio > 1 else 0
+            if depth > _MAX_DEPTH:
+                raise ValueError(
+                    f"`VirtualBrownianTree(t0, t1, tol)` with (t1 - t0) / tol = "
+                    f"{ratio:.3g} needs {depth} levels; at most {_MAX_DEPTH} are "
+                    "supported. Use a larger `tol`."
+                )
+            return depth
         ratio = (self.t1 - self.t0) / self.tol
-        return jnp.maximum(jnp.ceil(jnp.log2(ratio)), 0).astype(jnp.int32)
+        depth = jnp.maximum(jnp.ceil(jnp.log2(ratio)), 0).astype(jnp.int32)
+        return jnp.minimum(depth, _MAX_DEPTH)
 
     def evaluate(self, t0, t1=None, left=True, use_levy=False):
         del left
@@ -209,9 +241,7 @@ class VirtualBrownianTree(AbstractBrownianPath):
             a, b = self.t0, t0
         else:
             a, b = t0, t1
-        tdtype = jnp.result_type(
-            *(jnp.asarray(x).dtype for x in (self.t0, self.t1, a, b)), float
-        )
+        tdtype = _time_dtype(self.t0, self.t1, a, b)
         a, b = lax.stop_gradient((jnp.asarray(a, tdtype), jnp.asarray(b, tdtype)))
         lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
         lo, hi = self._check_range(lo, hi, tdtype)
@@ -247,31 +277,38 @@ class VirtualBrownianTree(AbstractBrownianPath):
         dtype, shape = leaf.dtype, leaf.shape
         t0 = jnp.asarray(self.t0, tdtype)
         span = jnp.asarray(self.t1, tdtype) - t0
-        x = jnp.stack([lo - t0, hi - t0]) / span
-        # The root's own sample; nodes sample their halves from `fold_in(key, 2)`
-        # and pass `fold_in(key, 0 or 1)` to their children.
-        z = jr.normal(jr.fold_in(key, 3), (2,) + shape, dtype)
-        zeros = jnp.zeros((2,) + shape, dtype)
-        root = _Node(
-            key=jnp.stack([key, key]),
-            start=jnp.zeros((2,), tdtype),
-            w=zeros,
-            dw=jnp.broadcast_to(z[0], (2,) + shape),
-            hh=jnp.broadcast_to(z[1] / math.sqrt(12.0), (2,) + shape),
-            integral=zeros,
-        )
+        x = jnp.clip(jnp.stack([lo - t0, hi - t0]) / span, 0, 1)
         depth = self._depth()
-        node = _descend(root, x, depth, levy, shape, dtype)
-        if isinstance(depth, int):
-            leaf_length = jnp.asarray(2.0**-depth, tdtype)
-        else:
-            leaf_length = jnp.ldexp(jnp.ones((), tdtype), -depth)
-        w, integral = _leaf_values(node, x, leaf_length, levy)
+        levels = depth if isinstance(depth, int) else _MAX_DEPTH
+        index, scale = _node_index(x, levels)
+        # Node ids: 2**level + index (the root is 1); id 0 is the root's own sample.
+        ids = jnp.concatenate(
+            [jnp.zeros((2, 1)), scale[:-1] + index[:, :-1]], axis=1
+        ).astype(jnp.uint32)
+        z = _node_samples(key, ids, 2 if levy else 1, shape, dtype)
+        root = z[:, 0]
+        zeros = jnp.zeros((2,) + shape, dtype)
+        walk = _Walk(
+            w=zeros,
+            dw=root[:, 0],
+            hh=root[:, 1] / math.sqrt(12.0) if levy else zeros,
+            integral=zeros,
+            together=jnp.asarray(True),
+        )
+        right = (index[:, 1:] % 2 == 1) if levels > 0 else jnp.zeros((2, 0), bool)
+        active = jnp.arange(levels, dtype=jnp.int32) < depth
+        walk = _descend(walk, z[:, 1:], right, active, levy)
+        leaf_index = jnp.take_along_axis(
+            index, jnp.broadcast_to(jnp.asarray(depth), (2, 1)), axis=1
+        )[:, 0]
+        leaf_length = jnp.ldexp(jnp.ones((), tdtype), -jnp.asarray(depth))
+        r = jnp.clip(x / leaf_length - leaf_index, 0, 1)
+        w, integral = _leaf_values(walk, r, leaf_length, levy)
         dw = w[1] - w[0]
-        scale = jnp.sqrt(span).astype(dtype)
+        scale_w = jnp.sqrt(span).astype(dtype)
         if not levy:
-            return scale * dw, None
+            return scale_w * dw, None
         width = ((hi - lo) / span).astype(dtype)
         safe = jnp.where(width > 0, width, 1)
         hh = (integral[1] - integral[0]) / safe - w[0] - dw / 2
-        return scale * dw, scale * jnp.where(width > 0, hh, 0)
+        return scale_w * dw, scale_w * jnp.where(width > 0, hh, 0)

@@ -63,7 +63,13 @@ def _linear_operator_types() -> tuple[type, ...]:
 
 def _contract(v, c):
     """Contract the trailing axes of `v` (shape `y.shape + c.shape`) with `c`."""
-    return jnp.tensordot(v, c.astype(v.dtype), axes=jnp.ndim(c))
+    v, c = jnp.asarray(v), jnp.asarray(c)
+    return jnp.tensordot(v, c.astype(v.dtype), axes=c.ndim)
+
+
+def _multiply(v, c):
+    v, c = jnp.asarray(v), jnp.asarray(c)
+    return v * c.astype(v.dtype)
 
 
 class _AbstractControlTerm(AbstractTerm):
@@ -151,7 +157,7 @@ class WeaklyDiagonalControlTerm(_AbstractControlTerm):
     """
 
     def prod(self, vf, control):
-        return jtu.tree_map(lambda v, c: v * c.astype(v.dtype), vf, control)
+        return jtu.tree_map(_multiply, vf, control)
 
 
 class _ControlledVectorField(eqx.Module):

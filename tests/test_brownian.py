@@ -1,0 +1,156 @@
+"""Brownian motion: determinism, consistency, Gaussian statistics, Lévy area."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.stats
+
+import nde
+
+N = 4000  # sample paths for the statistics tests
+# With N samples, a sample variance has relative standard error sqrt(2 / N) = 2.2%
+# and a sample correlation of independent variables standard error 1 / sqrt(N) =
+# 1.6%; the tolerances below are 4 standard errors. Keys are fixed, so the tests are
+# deterministic; these bounds only say the numbers are not tuned to pass.
+VAR_RTOL = 4 * np.sqrt(2 / N)
+CORR_ATOL = 4 / np.sqrt(N)
+
+
+def tree(key, levy=nde.SpaceTimeLevyArea, shape=(), tol=2**-10):
+    return nde.VirtualBrownianTree(0.0, 2.0, tol, shape, key, levy_area=levy)
+
+
+@eqx.filter_jit
+def _increments(bm, s, u):
+    """`bm.evaluate(s[i], u[i], use_levy=True)` for each i: one compiled query."""
+    return jax.vmap(lambda s, u: bm.evaluate(s, u, use_levy=True))(s, u)
+
+
+@eqx.filter_jit
+def _values(bm, t):
+    return jax.vmap(bm.evaluate)(t)
+
+
+def test_deterministic_and_consistent():
+    bm = tree(jr.key(0), shape=(3,))
+    s, t, u = np.sort(np.asarray(jr.uniform(jr.key(1), (3, 5), maxval=2.0)), axis=0)
+    zeros = np.zeros_like(s)
+    # One batch: [s, u], [s, t], [t, u], [0, s], [0, u], [u, s].
+    starts = np.concatenate([s, s, t, zeros, zeros, u])
+    ends = np.concatenate([u, t, u, s, u, s])
+    out = _increments(bm, starts, ends)
+    whole, left, right, ws, wu, back = np.split(np.asarray(out.W), 6)
+    np.testing.assert_allclose(whole, left + right, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(whole, wu - ws, rtol=0, atol=1e-14)
+    # The interval backwards: negated increment, the same Lévy area.
+    np.testing.assert_array_equal(back, -whole)
+    h = np.split(np.asarray(out.H), 6)
+    np.testing.assert_array_equal(h[5], h[0])
+    np.testing.assert_allclose(out.dt, ends - starts)
+    # Deterministic for a key; W(t0) = 0; other keys, other paths.
+    np.testing.assert_array_equal(_increments(bm, starts, ends).W, out.W)
+    values = _values(bm, jnp.concatenate([jnp.zeros(1), s]))
+    np.testing.assert_allclose(values[0], 0.0)
+    np.testing.assert_allclose(values[1:], ws, rtol=1e-14)
+    other = _increments(tree(jr.key(2), shape=(3,)), starts, ends)
+    assert not np.allclose(other.W, out.W)
+
+
+# Intervals aligned with the tree's leaves ([0, 1], [1, 2], [0, 2]), and one that is
+# not ([0.3, 1.45]).
+_STARTS, _ENDS = np.array([0.0, 1.0, 0.0, 0.3]), np.array([1.0, 2.0, 2.0, 1.45])
+
+
+@jax.jit
+@jax.vmap
+def _samples(key):
+    levy = _increments(tree(key), _STARTS, _ENDS)
+    plain = tree(key, levy=nde.BrownianIncrement).evaluate(0.3, 1.45)
+    return levy.W, levy.H, plain
+
+
+def test_gaussian_statistics_and_levy_area():
+    ws, hs, plain = map(np.asarray, _samples(jr.split(jr.key(3), N)))
+    (w1, w2, w, w_odd), (h1, h2, h, h_odd) = ws.T, hs.T
+    for x, var in [(w1, 1), (w2, 1), (w, 2), (w_odd, 1.15), (plain, 1.15)]:
+        assert np.var(x) == pytest.approx(var, rel=VAR_RTOL)
+        assert abs(np.mean(x)) < 4 * np.sqrt(var / N)
+        assert scipy.stats.kstest(x / np.sqrt(var), "norm").pvalue > 1e-3
+    # H over an interval of length h has variance h / 12 and is independent of W.
+    for x, var in [(h1, 1 / 12), (h, 2 / 12), (h_odd, 1.15 / 12)]:
+        assert np.var(x) == pytest.approx(var, rel=VAR_RTOL)
+    for a, b in [(w1, w2), (h1, h2), (w1, h1), (w, h), (w1, h2), (w_odd, h_odd)]:
+        assert abs(np.corrcoef(a, b)[0, 1]) < CORR_ATOL
+    # Chen's relation for two halves: H = (H1 + H2) / 2 + (W1 - W2) / 4.
+    np.testing.assert_allclose(h, (h1 + h2) / 2 + (w1 - w2) / 4, atol=1e-13)
+    np.testing.assert_allclose(w, w1 + w2, atol=1e-13)
+
+
+def test_pytree_shape_and_dtype():
+    shape = {
+        "a": jax.ShapeDtypeStruct((2,), jnp.float32),
+        "b": jax.ShapeDtypeStruct((), jnp.float64),
+    }
+    bm = nde.VirtualBrownianTree(0.0, 1.0, 1e-2, shape, jr.key(0))
+    out = eqx.filter_jit(lambda bm: bm.evaluate(0.2, 0.7))(bm)
+    assert out["a"].shape == (2,) and out["a"].dtype == jnp.float32
+    assert out["b"].shape == () and out["b"].dtype == jnp.float64
+    unsafe = nde.UnsafeBrownianPath(shape, jr.key(0))
+    assert unsafe.evaluate(0.2, 0.7)["a"].dtype == jnp.float32
+
+
+def test_traced_interval_matches_static():
+    # t0, t1, tol traced (a dynamic tree depth) give the same path.
+    static = tree(jr.key(4)).evaluate(0.37, 1.2)
+    traced = jax.jit(
+        lambda t0, t1, tol: nde.VirtualBrownianTree(
+            t0, t1, tol, (), jr.key(4)
+        ).evaluate(0.37, 1.2)
+    )(0.0, 2.0, 2.0**-10)
+    plain = nde.VirtualBrownianTree(0.0, 2.0, 2.0**-10, (), jr.key(4))
+    np.testing.assert_allclose(traced, plain.evaluate(0.37, 1.2), rtol=1e-14)
+    assert static.shape == ()
+
+
+@jax.jit
+@jax.vmap
+def _unsafe_samples(key):
+    bm = nde.UnsafeBrownianPath((), key, levy_area=nde.SpaceTimeLevyArea)
+    a = bm.evaluate(0.0, 0.5, use_levy=True)
+    b = bm.evaluate(0.5, 0.7, use_levy=True)
+    return a.W, a.H, b.W, bm.evaluate(0.0, 0.5), bm.evaluate(0.5, 0.0)
+
+
+def test_unsafe_brownian_path():
+    w, h, w2, again, back = map(np.asarray, _unsafe_samples(jr.split(jr.key(5), N)))
+    # Repeating a query repeats the sample; the interval backwards negates it.
+    np.testing.assert_array_equal(w, again)
+    np.testing.assert_array_equal(w, -back)
+    assert np.var(w) == pytest.approx(0.5, rel=VAR_RTOL)
+    assert np.var(h) == pytest.approx(0.5 / 12, rel=VAR_RTOL)
+    assert np.var(w2) == pytest.approx(0.2, rel=VAR_RTOL)
+    assert abs(np.corrcoef(w, w2)[0, 1]) < CORR_ATOL
+    assert abs(np.corrcoef(w, h)[0, 1]) < CORR_ATOL
+
+
+def test_errors():
+    key = jr.key(0)
+    with pytest.raises(ValueError, match=r"t0 < t1; got t0=1.0, t1=0.0"):
+        nde.VirtualBrownianTree(1.0, 0.0, 0.1, (), key)
+    with pytest.raises(ValueError, match=r"tol=\.\.\.\)` must be positive; got tol=0"):
+        nde.VirtualBrownianTree(0.0, 1.0, 0.0, (), key)
+    with pytest.raises(
+        ValueError, match=r"levy_area=\.\.\.\)` must be `BrownianIncrement`"
+    ):
+        nde.VirtualBrownianTree(0.0, 1.0, 0.1, (), key, levy_area="space-time")
+    with pytest.raises(ValueError, match="`shape` must be a tuple of ints"):
+        nde.UnsafeBrownianPath([3], key)
+    with pytest.raises(ValueError, match="levy_area=SpaceTimeLevyArea"):
+        nde.VirtualBrownianTree(0.0, 1.0, 0.1, (), key).evaluate(0, 1, use_levy=True)
+    with pytest.raises(ValueError, match=r"evaluate\(t0, t1\)"):
+        nde.UnsafeBrownianPath((), key).evaluate(0.5)
+    with pytest.raises(Exception, match="queried outside"):
+        jax.block_until_ready(tree(key).evaluate(0.5, 2.5))
