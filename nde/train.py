@@ -52,7 +52,7 @@ def _with_run_dirs(argv: list[str], stem: str) -> list[str]:
         "hydra.sweep.dir": f"runs/{stem}/multirun_${{now:%Y-%m-%d_%H-%M-%S}}",
         "hydra.sweep.subdir": "${hydra.job.num}",
     }
-    return [f"{k}={v}" for k, v in defaults.items() if k not in given] + argv
+    return argv + [f"{k}={v}" for k, v in defaults.items() if k not in given]
 
 
 def _fail(message: str) -> None:

@@ -164,6 +164,10 @@ class Checkpointer:
         log.info("Restored checkpoint %s", self.path(step))
         return eqx.combine(arrays, static), meta
 
+    def delete(self, step: int) -> None:
+        """Remove the checkpoint of `step`."""
+        self._manager.delete(step)
+
     def wait(self) -> None:
         """Block until every pending save is on disk."""
         self._manager.wait_until_finished()

@@ -109,6 +109,10 @@ class Run:
             return
         self.tr.state, meta = restored
         self.start = int(meta["step"])
+        for newer in [s for s in self.ckpt.steps() if s > self.start]:
+            # Unreadable ones we fell back from: the run will save these steps anew.
+            log.warning("Removing unreadable checkpoint %s", self.ckpt.path(newer))
+            self.ckpt.delete(newer)
         if self.order is not None and meta.get("data_order"):
             self.order.load_state_dict(meta["data_order"])
         self.stopper.load_state_dict(meta.get("early_stopping", {}))
@@ -250,18 +254,16 @@ class Run:
 
     def _nan_message(self, bad: int) -> str:
         cfg = self.tr.config
-        if self.ckpt is not None:
-            self.ckpt.wait()
-        steps = [] if self.ckpt is None else self.ckpt.steps()
+        steps = self._drop_checkpoints_from(bad - 1)
         kept = (
             f"the last good checkpoint is step {steps[-1]} ({self.ckpt.path(steps[-1])})"
             if steps
-            else "no checkpoint was saved before it"
+            else "no good checkpoint was saved before it"
         )
         return (
             f"The loss or its gradient became NaN/inf at step {bad} "
-            f"(trainer.on_nan=stop): training stopped, and {kept}; the state in "
-            f"memory is the one before step {bad}. Things to try: float64 "
+            f"(trainer.on_nan=stop): training stopped, and {kept}; `trainer.state` "
+            f"holds the model the bad loss was computed with. Things to try: float64 "
             f"(trainer.x64=true); a lower learning rate (optimizer.lr={cfg.optimizer.lr}"
             f" now); tighter solver tolerances (ode.rtol={cfg.ode.rtol}, "
             f"ode.atol={cfg.ode.atol} now) or more solver steps (ode.max_steps="
@@ -269,6 +271,20 @@ class Run:
             f"gradient clipping (optimizer.clip_norm={cfg.optimizer.clip_norm} now); "
             "or trainer.on_nan=skip to drop such steps."
         )
+
+    def _drop_checkpoints_from(self, first: int) -> list[int]:
+        """Delete the checkpoints of steps >= `first`; return the remaining steps.
+
+        The loss of step k is computed with the model saved as step k - 1, so when
+        step k is non-finite, the checkpoint of step k - 1 holds the model that
+        produced it: not one to resume from."""
+        if self.ckpt is None:
+            return []
+        self.ckpt.wait()
+        for step in self.ckpt.steps():
+            if step >= first:
+                self.ckpt.delete(step)
+        return self.ckpt.steps()
 
     def _finish(self, step: int) -> None:
         tr = self.tr

@@ -22,7 +22,7 @@ TS = np.linspace(0.0, 1.0, 5)
 class TinyData:
     num_train: int = 32
     num_val: int = 8
-    nan_after: int = 0  # > 0: the loss becomes NaN once the model's bias exceeds it
+    nan_after: float = 0.0  # > 0: the loss becomes NaN once the model's bias exceeds it
 
 
 @dataclasses.dataclass

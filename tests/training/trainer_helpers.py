@@ -36,7 +36,8 @@ def run_python(args, *, env=None, timeout=240, check=True):
 def read_events(directory, recursive: bool = False) -> dict[str, list]:
     """The events of the TensorBoard files in `directory` (and its subfolders if
     `recursive`): `{tag: [(step, value), ...]}`; images and hparams give their kind
-    as value."""
+    as value. Like TensorBoard, a `SessionLog.START` at step k (what a writer with
+    `purge_step=k` writes) discards the earlier events of steps >= k."""
     from tensorboardX.proto import event_pb2
 
     out: dict[str, list] = {}
@@ -50,6 +51,9 @@ def read_events(directory, recursive: bool = False) -> dict[str, list]:
             record = data[pos + 12 : pos + 12 + length]
             pos += 12 + length + 4
             event = event_pb2.Event.FromString(record)
+            if event.session_log.status == event_pb2.SessionLog.START:
+                for tag, values in out.items():
+                    out[tag] = [(st, v) for st, v in values if st < event.step]
             for v in event.summary.value:
                 kind = v.WhichOneof("value")
                 value = v.simple_value if kind == "simple_value" else kind
@@ -57,5 +61,13 @@ def read_events(directory, recursive: bool = False) -> dict[str, list]:
     return out
 
 
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+def read_jsonl(path, tolerant: bool = False) -> list[dict]:
+    """The records of a `metrics.jsonl`; `tolerant` skips a line cut by a kill."""
+    out = []
+    for line in pathlib.Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if not tolerant:
+                raise
+    return out
