@@ -3,8 +3,13 @@
 from collections.abc import Callable
 
 import equinox as eqx
+import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import ArrayLike, PyTree, Real
+from jaxtyping import Array, ArrayLike, PyTree, Real
+
+
+def _as_times(ts):
+    return None if ts is None else jnp.asarray(ts)
 
 
 def save_y(t, y, args):
@@ -26,7 +31,9 @@ class SubSaveAt(eqx.Module):
 
     t0: bool = eqx.field(static=True, default=False)
     t1: bool = eqx.field(static=True, default=False)
-    ts: Real[ArrayLike, " times"] | None = None
+    # An array (not, e.g., a list of floats, whose elements `jit` would trace one
+    # by one).
+    ts: Real[Array, " times"] | None = eqx.field(default=None, converter=_as_times)
     steps: bool = eqx.field(static=True, default=False)
     fn: Callable = eqx.field(static=True, default=save_y)
 

@@ -71,6 +71,8 @@ def diffeqsolve(
         sol = diffeqsolve(term, Tsit5(), 0.0, 1.0, 0.1, jnp.array([1.0]))
         sol.ys  # [[0.36787944]]
     """
+    # Checks of concrete values happen here, outside the compiled solve, so that
+    # their errors can name the values received.
     y0 = validate.as_state(y0)
     validate.check_solver_controller(solver, stepsize_controller)
     check_brownian_stepping(terms, stepsize_controller)
@@ -78,8 +80,53 @@ def diffeqsolve(
     dt0 = validate.check_dt0(t0, t1, dt0, stepsize_controller)
     if isinstance(stepsize_controller, StepTo):
         validate.check_step_to(stepsize_controller, t0, t1)
+    saveat = _checked_saveat(saveat, t0, t1)
+    return _solve(
+        terms,
+        solver,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args,
+        saveat=saveat,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        throw=throw,
+        progress_meter=progress_meter,
+        solver_state=solver_state,
+        controller_state=controller_state,
+        made_jump=made_jump,
+        direction=_direction(t0, t1),
+    )
+
+
+# Compiled once per structure of the inputs (as Diffrax does): calling
+# `diffeqsolve` outside `jit` then costs one compilation, not one per call, and
+# inside `jit` it is inlined.
+@eqx.filter_jit
+def _solve(
+    terms,
+    solver,
+    t0,
+    t1,
+    dt0,
+    y0,
+    args,
+    *,
+    saveat,
+    stepsize_controller,
+    adjoint,
+    max_steps,
+    throw,
+    progress_meter,
+    solver_state,
+    controller_state,
+    made_jump,
+    direction,
+) -> Solution:
     tdtype = _time_dtype(t0, t1, dt0)
-    direction = _direction(t0, t1)
     t0_, t1_ = (jnp.asarray(t, tdtype) * direction for t in (t0, t1))
     dt0_ = None if dt0 is None else jnp.asarray(dt0, tdtype) * direction
     fwd_terms = terms if _is_one(direction) else _DirectedTerm(terms, direction)
@@ -88,7 +135,7 @@ def diffeqsolve(
         terms=fwd_terms,
         solver=solver,
         controller=stepsize_controller.wrap(direction),
-        saveat=_forward_saveat(saveat, t0, t1, direction, tdtype),
+        saveat=_forward_saveat(saveat, direction, tdtype),
         t0=t0_,
         t1=t1_,
         dt0=dt0_,
@@ -139,15 +186,23 @@ def _is_one(direction) -> bool:
     return isinstance(direction, int) and direction == 1
 
 
-def _forward_saveat(saveat: SaveAt, t0, t1, direction, tdtype) -> SaveAt:
+def _checked_saveat(saveat: SaveAt, t0, t1) -> SaveAt:
+    """`saveat` with every `ts` validated (or wrapped in a run-time check)."""
+    return _map_ts(saveat, lambda ts: validate.check_saveat_ts(ts, t0, t1))
+
+
+def _forward_saveat(saveat: SaveAt, direction, tdtype) -> SaveAt:
+    return _map_ts(saveat, lambda ts: jnp.asarray(ts, tdtype) * direction)
+
+
+def _map_ts(saveat: SaveAt, fn) -> SaveAt:
+    if saveat.subs is None:
+        return saveat
     subs = []
     for sub in sub_saveats(saveat):
         if sub.ts is not None:
-            ts = validate.check_saveat_ts(sub.ts, t0, t1)
-            sub = eqx.tree_at(lambda s: s.ts, sub, jnp.asarray(ts, tdtype) * direction)
+            sub = eqx.tree_at(lambda s: s.ts, sub, fn(sub.ts))
         subs.append(sub)
-    if saveat.subs is None:
-        return saveat
     return eqx.tree_at(
         lambda s: s.subs,
         saveat,
