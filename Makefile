@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test bench lint clean
+.PHONY: test bench run lint clean
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -10,6 +10,10 @@ $(VENV)/bin/activate:
 
 $(VENV)/.dev: $(VENV)/bin/activate pyproject.toml
 	$(PIP) install -e '.[dev]'
+	touch $@
+
+$(VENV)/.run: $(VENV)/bin/activate pyproject.toml
+	$(PIP) install -e .
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.dev
@@ -22,9 +26,13 @@ test: $(VENV)/.dev
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.run_all
 
+# Train the neural_ode recipe; extra overrides: make run ARGS="trainer.steps=2000"
+run: $(VENV)/.run
+	$(PY) -m nde.train recipe=neural_ode $(ARGS)
+
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check nde tests benchmarks
-	$(VENV)/bin/ruff format --check nde tests benchmarks
+	$(VENV)/bin/ruff check nde tests benchmarks recipes
+	$(VENV)/bin/ruff format --check nde tests benchmarks recipes
 	$(VENV)/bin/pyright
 
 clean:

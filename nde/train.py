@@ -15,8 +15,10 @@ choose), holding `config.yaml` (the resolved config), `checkpoints/`, `tb/`
 Rerunning with the same `hydra.run.dir` resumes from its latest checkpoint.
 """
 
+import logging
 import pathlib
 import sys
+from typing import NoReturn
 
 USAGE = """usage: python -m nde.train recipe=NAME [key=value ...] [hydra options]
 
@@ -55,7 +57,7 @@ def _with_run_dirs(argv: list[str], stem: str) -> list[str]:
     return argv + [f"{k}={v}" for k, v in defaults.items() if k not in given]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -91,6 +93,9 @@ def _run_hydra(trainer_cls, argv: list[str]) -> None:
 
     @hydra.main(version_base="1.3", config_path=None, config_name="nde_train")
     def task(cfg) -> dict:
+        # Hydra shows INFO records of every library; JAX's search for TPUs and GPUs
+        # at start-up is not news.
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
         config = OmegaConf.to_object(cfg)
         run_dir = HydraConfig.get().runtime.output_dir
         trainer = trainer_cls(config, run_dir=run_dir)
@@ -100,7 +105,7 @@ def _run_hydra(trainer_cls, argv: list[str]) -> None:
     saved = sys.argv
     sys.argv = [saved[0] if saved else "nde.train", *argv]
     try:
-        task()
+        task()  # pyright: ignore[reportCallIssue]  (Hydra passes the config)
     finally:
         sys.argv = saved
 

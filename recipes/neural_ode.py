@@ -65,7 +65,10 @@ class NeuralODEConfig(Config):
         )
     )
     optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(lr=3e-3, clip_norm=1.0)
+        # A cosine decay to a tenth settles the fit of the whole series at the end.
+        default_factory=lambda: OptimizerConfig(
+            lr=3e-3, schedule="cosine", final_lr_factor=0.1, clip_norm=1.0
+        )
     )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -166,7 +169,7 @@ class NeuralODE(nde.Trainer):
 
         ts, ys, n = (x[:4] for x in self.data.val)
         pred, _ = self._predict_batch(model, ts, ys[:, 0], n)
-        fig = Figure(figsize=(5, 5))
+        fig = Figure(figsize=(5, 5), layout="constrained")
         ax = fig.add_subplot()
         for i in range(4):
             (line,) = ax.plot(ys[i, :, 0], ys[i, :, 1], ".", ms=3)

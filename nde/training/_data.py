@@ -44,11 +44,12 @@ def num_train(tree, what: str = "Dataset.train") -> int:
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
         raise ValueError(f"{what} has no arrays; give a PyTree of arrays.")
-    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-    if len(sizes) != 1 or None in sizes:
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else -1 for x in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        shown = sorted("scalar" if s < 0 else str(s) for s in sizes)
         raise ValueError(
             f"{what}: every array needs the same leading (example) axis; got "
-            f"leading sizes {sorted(map(str, sizes))}."
+            f"leading sizes {shown}."
         )
     return sizes.pop()
 

@@ -34,7 +34,7 @@ class Progress:
         self.mode, self.total, self.start = mode, total, time.perf_counter()
         self._bar = None
         if mode == "bar":
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             self._bar = tqdm(
                 total=total, initial=initial, unit="step", dynamic_ncols=True

@@ -62,7 +62,10 @@ class Run:
         self.dev_run = self.tc.fast_dev_run > 0
         self.total = self.tc.fast_dev_run if self.dev_run else self.tc.steps
         self.main_process = jax.process_index() == 0
-        self.ckpt = self.logger = self.progress = None
+        self.ckpt: Checkpointer | None = None
+        self.logger: Logger | None = None
+        # Replaced in `_open`; silent until then.
+        self.progress = Progress(self.total, mode="none")
 
     def __enter__(self):
         try:
@@ -85,7 +88,7 @@ class Run:
                 async_save=tc.async_checkpointing,
             )
             if tc.resume:
-                self._resume(template)
+                self._resume(self.ckpt, template)
         if self.start == 0:
             tr.state = init()
         self.last_saved = self.start or None
@@ -98,25 +101,26 @@ class Run:
         self.progress = Progress(self.total, initial=self.start, mode=tc.progress)
 
     def __exit__(self, *exc):
-        for closable in (self.progress, self.ckpt, self.logger):
+        self.progress.close()
+        for closable in (self.ckpt, self.logger):
             if closable is not None:
                 closable.close()
         return False
 
-    def _resume(self, template) -> None:
-        restored = self.ckpt.restore(template)
+    def _resume(self, ckpt: Checkpointer, template) -> None:
+        restored = ckpt.restore(template)
         if restored is None:
             return
         self.tr.state, meta = restored
         self.start = int(meta["step"])
-        for newer in [s for s in self.ckpt.steps() if s > self.start]:
+        for newer in [s for s in ckpt.steps() if s > self.start]:
             # Unreadable ones we fell back from: the run will save these steps anew.
-            log.warning("Removing unreadable checkpoint %s", self.ckpt.path(newer))
-            self.ckpt.delete(newer)
+            log.warning("Removing unreadable checkpoint %s", ckpt.path(newer))
+            ckpt.delete(newer)
         if self.order is not None and meta.get("data_order"):
             self.order.load_state_dict(meta["data_order"])
         self.stopper.load_state_dict(meta.get("early_stopping", {}))
-        log.info("Resumed from step %d (%s)", self.start, self.ckpt.path(self.start))
+        log.info("Resumed from step %d (%s)", self.start, ckpt.path(self.start))
         _log_config_changes(meta.get("config", {}), to_dict(self.tr.config))
 
     def _write_config(self) -> None:
@@ -255,11 +259,10 @@ class Run:
     def _nan_message(self, bad: int) -> str:
         cfg = self.tr.config
         steps = self._drop_checkpoints_from(bad - 1)
-        kept = (
-            f"the last good checkpoint is step {steps[-1]} ({self.ckpt.path(steps[-1])})"
-            if steps
-            else "no good checkpoint was saved before it"
-        )
+        kept = "no good checkpoint was saved before it"
+        if steps and self.ckpt is not None:
+            path = self.ckpt.path(steps[-1])
+            kept = f"the last good checkpoint is step {steps[-1]} ({path})"
         return (
             f"The loss or its gradient became NaN/inf at step {bad} "
             f"(trainer.on_nan=stop): training stopped, and {kept}; `trainer.state` "

@@ -85,7 +85,7 @@ class Trainer(Hooks, abc.ABC):
         self.history: list[dict[str, float]] = []
         self.num_compiles = 0
         self.should_stop = False
-        self.parallel: DataParallel | None = None
+        self._parallel: DataParallel | None = None
         self.optimizer: optax.GradientTransformation | None = None
 
     # ---- the research part: what a subclass writes -------------------------------
@@ -250,6 +250,13 @@ class Trainer(Hooks, abc.ABC):
         return nde.diffeqsolve(terms, t0=t0, t1=t1, y0=y0, args=args, **options)
 
     @property
+    def parallel(self) -> DataParallel:
+        """The devices and shardings of the current `fit`."""
+        if self._parallel is None:
+            raise RuntimeError("Trainer.parallel is set up by fit(); call fit() first.")
+        return self._parallel
+
+    @property
     def model(self):
         """The model of the current train state."""
         return None if self.state is None else self.state.model
@@ -283,7 +290,7 @@ class Trainer(Hooks, abc.ABC):
         # Resolve the names now: a typo fails before any data or compilation.
         for name in ("solver", "stepsize_controller", "adjoint"):
             getattr(self, name)
-        self.parallel = DataParallel.create(cfg.trainer.devices)
+        self._parallel = DataParallel.create(cfg.trainer.devices)
         self.parallel.check_batch_size(cfg.trainer.batch_size)
         model_key, data_key, train_key, self._eval_key = jax.random.split(
             jax.random.PRNGKey(cfg.seed), 4
