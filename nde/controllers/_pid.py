@@ -34,8 +34,8 @@ class PIDController(AbstractStepSizeController):
     - `rtol`, `atol`: relative and absolute tolerances (required; may be traced
       arrays: changing them does not recompile).
     - `pcoeff`, `icoeff`, `dcoeff`: the PID coefficients.
-    - `dtmin`, `dtmax`: bounds on the step size. With `force_dtmin=True` a step at
-      `dtmin` is accepted regardless of its error; otherwise the solve stops with
+    - `dtmin`, `dtmax`: bounds on the step size. With `force_dtmin=True` a step of
+      at most `dtmin` is accepted regardless of its error; otherwise the solve stops with
       `RESULTS.dt_min_reached`.
     - `factormin`, `factormax`: bounds on the change of step size per step.
     - `safety`: multiplies every proposed step size.
@@ -141,7 +141,11 @@ class PIDController(AbstractStepSizeController):
         finite = jnp.isfinite(error)
         keep_step = finite & (error < 1)
         if self.dtmin is not None and self.force_dtmin:
-            keep_step = keep_step | at_dtmin
+            # A step no longer than dtmin is kept, also one cut short by t1 (a retry
+            # at dtmin would be no shorter) or one that measures a few ulps of t
+            # longer than the dtmin it was proposed as (times are rounded).
+            slack = 8 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(t0), jnp.abs(t1))
+            keep_step = keep_step | at_dtmin | (t1 - t0 <= self.dtmin + slack)
         inv = jnp.where(finite, 1 / jnp.where(error == 0, 1, error), 0)
         inv = jnp.where(error == 0, jnp.inf, inv)
         factor = self._factor(inv, prev_inv, prev_prev_inv, order, keep_step)
@@ -153,7 +157,10 @@ class PIDController(AbstractStepSizeController):
             dt = jnp.minimum(dt, self.dtmax)
         if self.dtmin is not None:
             if not self.force_dtmin:
-                result = RESULTS.where(dt < self.dtmin, RESULTS.dt_min_reached, result)
+                # Only a rejected step fails: after an accepted one (e.g. the short
+                # last step) a small proposal is merely raised to dtmin.
+                fail = jnp.logical_not(keep_step) & (dt < self.dtmin)
+                result = RESULTS.where(fail, RESULTS.dt_min_reached, result)
             at_dtmin = dt <= self.dtmin
             dt = jnp.maximum(dt, self.dtmin)
         next_t0 = jnp.where(keep_step, t1, t0)
