@@ -2,6 +2,8 @@
 received and the fix. Concrete values are checked in Python (with the value in the
 message); traced ones with `eqx.error_if` at run time."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -51,9 +53,9 @@ def check_vector_field(terms, t0, y0, args):
     out_struct = jtu.tree_structure(out)
     if y_struct != out_struct:
         raise ValueError(
-            "The vector field's output does not have the PyTree structure of `y0`: "
-            f"y0 is {y_struct}, the vector field returned {out_struct}. Return one "
-            "array per leaf of `y0`."
+            "The vector field of `diffeqsolve(terms, ...)` returned a PyTree of "
+            f"structure {out_struct}, but y0 has structure {y_struct}. Return dy/dt "
+            "with the structure of `y0` (one array per leaf)."
         )
     paths = [path for path, _ in jtu.tree_flatten_with_path(y0)[0]]
     for path, y, o in zip(
@@ -62,21 +64,25 @@ def check_vector_field(terms, t0, y0, args):
         if jnp.shape(y) != o.shape:
             where = "y0" + jtu.keystr(path)
             raise ValueError(
-                f"The vector field's output at {where} has shape {o.shape}, but y0 "
-                f"there has shape {jnp.shape(y)}. dy/dt must have the shape of y."
+                "The vector field of `diffeqsolve(terms, ...)` returned shape "
+                f"{o.shape} at {where}, which has shape {jnp.shape(y)}. Return dy/dt "
+                "with the shape of y there."
             )
+
+
+def _steps_to(controller) -> bool:
+    inner = getattr(controller, "controller", None)  # ClipStepSizeController
+    return isinstance(controller, StepTo) or isinstance(inner, StepTo)
 
 
 def check_dt0(t0, t1, dt0, controller: AbstractStepSizeController):
+    if dt0 is not None and _steps_to(controller):
+        raise ValueError(
+            "`StepTo(ts)` decides every step itself, so `diffeqsolve(..., dt0=...)` "
+            f"must be None; got dt0={dt0!r}. Pass `dt0=None`."
+        )
     if dt0 is None:
-        if (
-            not controller.is_adaptive
-            and not isinstance(controller, StepTo)
-            and not (
-                hasattr(controller, "controller")
-                and isinstance(controller.controller, StepTo)  # pyright: ignore
-            )
-        ):
+        if not controller.is_adaptive and not _steps_to(controller):
             raise ValueError(
                 f"`diffeqsolve(..., dt0=None)` needs an adaptive controller to choose "
                 f"the first step, but stepsize_controller={controller!r}. Pass a step "
@@ -87,10 +93,12 @@ def check_dt0(t0, t1, dt0, controller: AbstractStepSizeController):
     if all(is_concrete(x) for x in (t0, t1, dt0)):
         span, dt = float(t1) - float(t0), float(dt0)
         if span != 0 and (dt == 0 or (dt > 0) != (span > 0)):
+            # The same size with the right sign; for dt0 = 0, a hundredth of the span.
+            fix = math.copysign(abs(dt) if dt != 0 else abs(span) / 100, span)
             raise ValueError(
                 f"`diffeqsolve(..., dt0={dt0})` must have the sign of t1 - t0 = {span} "
-                "(negative for a reverse-time solve) and be non-zero. Pass "
-                f"`dt0={abs(dt) if span > 0 else -abs(dt) or 0.01}`."
+                "(negative for a reverse-time solve) and be non-zero. Pass e.g. "
+                f"`dt0={fix}`."
             )
         return dt0
     return eqx.error_if(

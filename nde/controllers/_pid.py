@@ -1,6 +1,7 @@
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -14,7 +15,11 @@ from ._initial_step import select_initial_step
 
 
 def _is_concrete(x) -> bool:
-    return isinstance(x, (int, float, np.ndarray, np.generic))
+    # Concrete JAX arrays too; only tracers (tolerances inside `jit`) are checked
+    # at run time instead, in `init`.
+    return isinstance(x, (int, float, np.ndarray, np.generic)) or (
+        isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+    )
 
 
 class PIDController(AbstractStepSizeController):
@@ -66,7 +71,8 @@ class PIDController(AbstractStepSizeController):
             )
         if _is_concrete(self.atol) and np.any(np.asarray(self.atol) < 0):
             raise ValueError(
-                f"`PIDController(atol=...)` must be non-negative, got atol={self.atol!r}."
+                f"`PIDController(atol=...)` must be non-negative, got atol={self.atol!r}. "
+                "Pass e.g. `atol=1e-6` (or `atol=0` for a purely relative tolerance)."
             )
         for name in ("factormin", "factormax", "safety"):
             value = getattr(self, name)
@@ -109,7 +115,18 @@ class PIDController(AbstractStepSizeController):
             at_dtmin = dt0 <= self.dtmin
             dt0 = jnp.maximum(dt0, self.dtmin)
         one = jnp.asarray(1.0, dtype=tdtype)
-        return t0 + dt0, (one, one, at_dtmin)
+        return self._check_traced_tolerances(t0 + dt0), (one, one, at_dtmin)
+
+    def _check_traced_tolerances(self, tnext):
+        if _is_concrete(self.rtol) and _is_concrete(self.atol):
+            return tnext  # checked in __check_init__
+        bad = jnp.any(jnp.asarray(self.rtol) <= 0) | jnp.any(jnp.asarray(self.atol) < 0)
+        return eqx.error_if(
+            tnext,
+            bad,
+            "`PIDController(rtol=..., atol=...)` needs rtol > 0 and atol >= 0; got "
+            "non-positive rtol or negative atol (traced values).",
+        )
 
     def _scaled_error(self, y0, y1_candidate, y_error):
         def scale(y0_, y1_, err):
