@@ -14,15 +14,15 @@ When nothing is differentiated, none of this happens: the loop is a plain
 **Backward pass.** A stack holds the forward checkpoints plus as many free slots.
 Steps are differentiated from the last to the first, a *window* of up to `window`
 consecutive steps at a time: from the checkpoint at the start of the window, the
-window's steps run once more as a `lax.scan` under `jax.vjp` (so their
-linearisation is stored once and each step is evaluated only once more), and the
-window's cotangent is pulled back through it. Checkpoints closer than a window are
+window's steps run once more under `jax.vjp`, recording their linearisations on a
+tape (`_tape.py`; so each step is evaluated only once more), and the window's
+cotangent is pulled back through the tape. Checkpoints closer than a window are
 popped, so windows are as long as allowed. A gap between checkpoints longer than a
 window is first cut up by recomputing forward and pushing new checkpoints: every
 `window` steps when the free slots suffice, else halfway (bisection: `O(log)`
 recomputation per step over a long gap). This is the online, bisection variant of
 binomial checkpointing (Griewank & Walther 2000; Stumm & Walther 2010; Wang & Moin
-2009), with the last level done by reverse-mode through a short scan.
+2009), with the last level done by a tape of linearised steps.
 
 **Buffers.** Parts of the state that are written once at a dynamic index and never
 read (the save buffers of `SaveAt`) are named by `buffers(state)`. They are not
@@ -35,10 +35,11 @@ of the number of steps.
 """
 
 import equinox as eqx
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+
+from ._tape import StepTape
 
 
 def default_checkpoints(max_steps: int | None) -> int:
@@ -52,20 +53,26 @@ def default_checkpoints(max_steps: int | None) -> int:
     return max(4, (max(max_steps, 2) - 1).bit_length() + 1)
 
 
+def buffer_kinds(state, buffers) -> tuple[str, ...]:
+    """For each leaf of `state`: "buf" (named by `buffers`), "dyn" (another array)
+    or "static". Computed once, where the objects of the state are the caller's own
+    (identities are not preserved through a custom VJP's residuals)."""
+    buffer_ids = {id(x) for x in jtu.tree_leaves(buffers(state))}
+    return tuple(
+        "buf" if id(x) in buffer_ids else "dyn" if eqx.is_array(x) else "static"
+        for x in jtu.tree_leaves(state)
+    )
+
+
 class _Layout:
     """Splits a loop state into its array leaves (`dyn`, checkpointed) and its
     buffer leaves (`bufs`, not checkpointed); non-array leaves are static."""
 
-    def __init__(self, state, buffers):
+    def __init__(self, state, kinds):
         leaves, self.treedef = jtu.tree_flatten(state)
-        buffer_ids = {id(x) for x in jtu.tree_leaves(buffers(state))}
-        self.kinds = tuple(
-            "buf" if id(x) in buffer_ids else "dyn" if eqx.is_array(x) else "static"
-            for x in leaves
-        )
+        self.kinds = kinds
         self.static = [
-            x if k == "static" else None
-            for x, k in zip(leaves, self.kinds, strict=True)
+            x if k == "static" else None for x, k in zip(leaves, kinds, strict=True)
         ]
 
     def pack(self, state, flat=False):
@@ -112,9 +119,9 @@ def _packed_step(layout, body_fun, consts):
     return step
 
 
-def _run_forward(cond_fun, body_fun, consts, init, buffers, checkpoints):
+def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
     """The loop, storing evenly spread checkpoints of the non-buffer arrays."""
-    layout = _Layout(init, buffers)
+    layout = _Layout(init, kinds)
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
     stack = _put(_stacked(dyn, checkpoints), 0, dyn)
@@ -135,7 +142,7 @@ def _run_forward(cond_fun, body_fun, consts, init, buffers, checkpoints):
         store = k % stride == 0
         slot = jnp.minimum(count, checkpoints - 1)
         stack = lax.cond(store, lambda s: _put(s, slot, dyn), lambda s: s, stack)
-        return dyn, bufs, stack, count + store, stride, k
+        return dyn, bufs, stack, count + store.astype(jnp.int32), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
     carry = (dyn, bufs, stack, one, one, zero)
@@ -146,7 +153,7 @@ def _run_forward(cond_fun, body_fun, consts, init, buffers, checkpoints):
 
 
 @eqx.filter_custom_vjp
-def _checkpointed(vjp_arg, cond_fun, body_fun, buffers, checkpoints, window):
+def _checkpointed(vjp_arg, cond_fun, body_fun, kinds, checkpoints, window):
     # Not differentiated (a forward solve): no checkpoints needed, so a plain while
     # loop. Carrying unused checkpoint buffers would double the loop's cost.
     consts, init = vjp_arg
@@ -155,35 +162,26 @@ def _checkpointed(vjp_arg, cond_fun, body_fun, buffers, checkpoints, window):
 
 @_checkpointed.def_fwd
 def _checkpointed_fwd(
-    perturbed, vjp_arg, cond_fun, body_fun, buffers, checkpoints, window
+    perturbed, vjp_arg, cond_fun, body_fun, kinds, checkpoints, window
 ):
     del perturbed, window
     consts, init = vjp_arg
-    return _run_forward(cond_fun, body_fun, consts, init, buffers, checkpoints)
+    return _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints)
 
 
 def _inexact_mask(tree):
     return jtu.tree_map(eqx.is_inexact_array, tree)
 
 
-def _window(step, window, c_rest, x_rest, length):
-    """`length <= window` steps as a function of the floating-point parts of the
-    consts and of the state `x = (dyn, bufs)`, for `jax.vjp`.
-
-    The steps run as a fixed-length scan (iterations past `length` are skipped by a
-    `cond`), so that reverse mode stores their linearisation once."""
-
-    def run(c_diff, x_diff):
-        one_step = step(eqx.combine(c_diff, c_rest))
-
-        def body(x, k):
-            return lax.cond(k < length, lambda x: one_step(*x), lambda x: x, x), None
-
-        ks = jnp.arange(window, dtype=jnp.int32)
-        x, _ = lax.scan(body, eqx.combine(x_diff, x_rest), ks)
-        return eqx.filter(x, _inexact_mask(x))
-
-    return run
+def _window_start(steps, top, m, window):
+    """The checkpoint to start the next window from: the earliest one from which a
+    single window reaches step `m`, else the latest one before `m`. (Checkpoints
+    above it are no longer needed: popping them is just lowering `top`.)"""
+    index = jnp.arange(steps.shape[0], dtype=jnp.int32)
+    before = (index <= top) & (steps <= m)
+    within = before & (steps >= m - window + 1)
+    latest = jnp.max(jnp.where(before, index, 0))
+    return jnp.where(jnp.any(within), jnp.argmax(within).astype(jnp.int32), latest)
 
 
 @_checkpointed.def_bwd
@@ -194,73 +192,74 @@ def _checkpointed_bwd(
     vjp_arg,
     cond_fun,
     body_fun,
-    buffers,
+    kinds,
     checkpoints,
     window,
 ):
     del perturbed, cond_fun
     fwd_stack, count, stride, n, final_bufs = residuals
     consts, init = vjp_arg
-    layout = _Layout(init, buffers)
-    c_diff, c_rest = eqx.partition(consts, eqx.is_inexact_array)
-    step = lambda c: _packed_step(layout, body_fun, c)
+    layout = _Layout(init, kinds)
+    step = lambda c, x: _packed_step(layout, body_fun, c)(*x)
     slots = 2 * checkpoints
     stack = jtu.tree_map(lambda b: jnp.concatenate([b, jnp.zeros_like(b)]), fwd_stack)
     index = jnp.arange(slots, dtype=jnp.int32)
     steps = jnp.where(index < count, index * stride, 0)
+    dyn0, _ = layout.pack(init)
+    tape = StepTape(step, consts, (dyn0, final_bufs), window)
 
     # Cotangents of the final state's floating-point leaves (zeros for None).
-    dyn0, _ = layout.pack(init)
     ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
     ct = _zeros_for_none(ct, (dyn0, final_bufs))
-    ct_c = jtu.tree_map(jnp.zeros_like, c_diff)
-
-    def advance(dyn, num):
-        one_step = step(consts)
-        return lax.fori_loop(0, num, lambda _, d: one_step(d, final_bufs)[0], dyn)
-
-    def pop(carry):
-        stack, steps, top, *rest = carry
-        return (stack, steps, top - 1, *rest)
-
-    def differentiate(carry):
-        # The last window, [start, m], from the top checkpoint. Normally the window
-        # starts at the checkpoint; only if no slot is free for a closer one does it
-        # start later, recomputed from the checkpoint (which then stays).
-        stack, steps, top, m, ct, ct_c = carry
-        i = steps[top]
-        start = jnp.maximum(i, m - window + 1)
-        x = (advance(_get(stack, top), start - i), final_bufs)
-        x_diff, x_rest = eqx.partition(x, _inexact_mask(x))
-        run = _window(step, window, c_rest, x_rest, m - start + 1)
-        _, vjp_fn = jax.vjp(run, c_diff, x_diff)
-        d_c, ct = vjp_fn(ct)
-        top = jnp.where(start == i, top - 1, top)
-        return stack, steps, top, start - 1, ct, jtu.tree_map(jnp.add, ct_c, d_c)
-
-    def recompute(carry):
-        stack, steps, top, m, *rest = carry
-        i = steps[top]
-        gap = m - i + 1
-        free = slots - 1 - top
-        # Enough free slots: a checkpoint every `window` steps (one recomputation);
-        # else halve the gap (bisection).
-        j = jnp.where((gap - 1) // window <= free, i + window, i + gap // 2)
-        new = advance(_get(stack, top), j - i)
-        return (_put(stack, top + 1, new), steps.at[top + 1].set(j), top + 1, m, *rest)
+    ct_c = jtu.tree_map(jnp.zeros_like, tape.c_diff)
 
     def body(carry):
-        _, steps, top, m, *_ = carry
+        # Each iteration records one window of steps on the tape, from the top
+        # checkpoint or from the cursor (a state between checkpoints). Either the
+        # window ends at step m, and the tape is played backwards; or it advances
+        # towards the next checkpoint to push: the next window start if there are
+        # enough free slots, else halfway to m (bisection). A full stack overwrites
+        # its top.
+        stack, steps, top, m, cursor, cursor_at, residuals, ct, ct_c = carry
+        top = _window_start(steps, top, m, window)
         i = steps[top]
-        below = steps[jnp.maximum(top - 1, 0)]
-        # Pop a checkpoint past step m, or one made redundant by the checkpoint below
-        # it, from which a single window still reaches step m.
-        redundant = (top > 0) & (m - below + 1 <= window)
-        direct = (m - i + 1 <= window) | (top == slots - 1)
-        branch = jnp.where((i > m) | redundant, 0, jnp.where(direct, 1, 2))
-        return lax.switch(branch, (pop, differentiate, recompute), carry)
+        gap = m - i + 1
+        is_last = gap <= window
+        free = slots - 1 - top
+        target = jnp.where((gap - 1) // window <= free, i + window, i + gap // 2)
+        resume = jnp.logical_not(is_last) & (cursor_at > i) & (cursor_at < target)
+        start = jnp.where(resume, cursor_at, i)
+        dyn = jtu.tree_map(
+            lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
+        )
+        length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
+        (new, _), residuals = tape.record((dyn, final_bufs), length, residuals)
 
-    carry = (stack, steps, count - 1, n - 1, ct, ct_c)
+        def differentiate():
+            d_c, new_ct = tape.play_backwards(residuals, length, ct)
+            new_ct_c = jtu.tree_map(jnp.add, ct_c, d_c)
+            return stack, steps, top - 1, i - 1, cursor, cursor_at, new_ct, new_ct_c
+
+        def advance():
+            reached = start + length == target
+            slot = jnp.minimum(top + 1, slots - 1)
+            pushed = lax.cond(reached, lambda: _put(stack, slot, new), lambda: stack)
+            return (
+                pushed,
+                jnp.where(reached, steps.at[slot].set(target), steps),
+                jnp.where(reached, slot, top),
+                m,
+                new,
+                jnp.where(reached, -1, start + length),
+                ct,
+                ct_c,
+            )
+
+        out = lax.cond(is_last, differentiate, advance)
+        return (*out[:6], residuals, *out[6:])
+
+    minus_one = jnp.asarray(-1, jnp.int32)
+    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape.empty, ct, ct_c)
     *_, (ct_dyn, ct_bufs), ct_c = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     ct_init = layout.unpack(ct_dyn, ct_bufs)
     return ct_c, eqx.filter(ct_init, _inexact_mask(init))
@@ -299,8 +298,9 @@ def checkpointed_while_loop(
             f"None; got {checkpoints!r}."
         )
     checkpoints = max(2, checkpoints + checkpoints % 2)
+    kinds = buffer_kinds(init_state, buffers)
     return _checkpointed(
-        (consts, init_state), cond_fun, body_fun, buffers, checkpoints, checkpoints
+        (consts, init_state), cond_fun, body_fun, kinds, checkpoints, checkpoints
     )
 
 
