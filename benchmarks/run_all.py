@@ -9,7 +9,7 @@ import pathlib
 import sys
 import time
 
-from . import ode_forward
+from . import ode_forward, training
 
 OUT = pathlib.Path(__file__).parent / "out"
 
@@ -27,6 +27,13 @@ def main(argv=None) -> None:
         f"(written to {OUT}/ode_forward.md and .json; {data['wall_s']:.0f} s in all)",
         file=sys.stderr,
     )
+    start = time.perf_counter()
+    md, data = training.main(["--quick"] if "--quick" in argv else [])
+    data["wall_s"] = time.perf_counter() - start
+    (OUT / "training.md").write_text(md)
+    (OUT / "training.json").write_text(json.dumps(data, indent=1))
+    print(md)
+    print(f"(written to {OUT}/training.md and .json)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class DataConfig:
     t1: float = 10.0  # trajectories cover [0, t1]
     noise: float = 0.0  # std of Gaussian noise added to the training targets
     curriculum_fraction: float = 0.1  # first this fraction of each series ...
-    curriculum_steps: float = 0.5  # ... for this fraction of the steps; then all
+    curriculum_steps: float = 0.3  # ... for this fraction of the steps; then all
 
 
 @dataclasses.dataclass
@@ -67,7 +67,7 @@ class NeuralODEConfig(Config):
     optimizer: OptimizerConfig = field(
         # A cosine decay to a tenth settles the fit of the whole series at the end.
         default_factory=lambda: OptimizerConfig(
-            lr=3e-3, schedule="cosine", final_lr_factor=0.1, clip_norm=1.0
+            lr=5e-3, schedule="cosine", final_lr_factor=0.1, clip_norm=1.0
         )
     )
     data: DataConfig = field(default_factory=DataConfig)

@@ -35,17 +35,18 @@ def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransfo
     `optim/lr` (for any optimizer built that way, also a user's own).
     """
     schedule = make_schedule(config, steps)
+    # Only the learning rate (and weight decay) become state; the moment
+    # coefficients stay Python constants.
     common = dict(b1=config.b1, b2=config.b2, eps=config.eps)
+    inject = lambda opt: optax.inject_hyperparams(opt, static_args=tuple(common))
     if config.name == "adam":
-        opt = optax.inject_hyperparams(optax.adam)(learning_rate=schedule, **common)
+        opt = inject(optax.adam)(learning_rate=schedule, **common)
     elif config.name == "adamw":
-        opt = optax.inject_hyperparams(optax.adamw)(
+        opt = inject(optax.adamw)(
             learning_rate=schedule, weight_decay=config.weight_decay, **common
         )
     else:
-        opt = optax.inject_hyperparams(optax.adabelief)(
-            learning_rate=schedule, **common
-        )
+        opt = inject(optax.adabelief)(learning_rate=schedule, **common)
     if config.clip_norm is None:
         return opt
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)

@@ -36,9 +36,17 @@ class TrainState(eqx.Module):
     first_bad_step: Array
 
 
+def _optax_promotion():
+    # optax mixes Python floats and int32 counters (e.g. Adam's `b1 ** count`),
+    # which `jax_numpy_dtype_promotion="strict"` rejects: run the optimizer with
+    # standard promotion whatever the user's setting (their loss keeps theirs).
+    return jax.numpy_dtype_promotion("standard")
+
+
 def init_state(model, optimizer: optax.GradientTransformation, *, key) -> TrainState:
     """The state before the first step."""
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    with _optax_promotion():
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     return TrainState(
         model=model,
         opt_state=opt_state,
@@ -139,8 +147,9 @@ def make_train_step(
         key, step_key = jax.random.split(state.key)
         (loss, metrics), grads = grad_fn(state.model, batch, key=step_key)
         params = eqx.filter(state.model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        model = eqx.apply_updates(state.model, updates)
+        with _optax_promotion():
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
+            model = eqx.apply_updates(state.model, updates)
         grad_norm = _global_norm(grads)
         step = state.step + 1
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,6 +1,8 @@
 """The command line `python -m nde.train`: a 2-step smoke run of every registered
 recipe, a user's recipe file with a sweep, and the errors of a bad command."""
 
+import json
+
 import pytest
 import yaml
 from trainer_helpers import TINY, read_events, read_jsonl, run_python
@@ -85,23 +87,48 @@ def test_missing_and_unknown_recipe(capsys):
     assert "usage: python -m nde.train recipe=NAME" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        # Hydra's own checks against the structured config:
-        ("trainer.stepz=3", "Key 'stepz' not in 'TrainerConfig'"),
-        ("trainer.steps=many", "Value 'many' of type 'str' could not be converted"),
-        ("ode.rtol=[1]", "ode.rtol"),
-        # ours, in the dataclasses and the name tables:
-        ("trainer.on_nan=maybe", "trainer.on_nan='maybe' is not one of 'stop', 'skip'"),
-        ("optimizer.name=sgd", "optimizer.name='sgd' is not one of 'adam'"),
-        ("solver=rk99", "Unknown solver 'rk99'. Available: euler, heun"),
-        ("adjoint=backsolv", "Unknown adjoint 'backsolv'. Available:"),
-    ],
-)
-def test_config_errors(tmp_path, capsys, override, expected):
-    argv = [f"recipe={TINY}", override, f"hydra.run.dir={tmp_path}"]
-    code, out = run_main(argv, capsys)
-    assert code == 1
-    assert expected in out
-    assert not (tmp_path / "checkpoints").exists()  # nothing ran
+ERRORS = [
+    # Hydra's own checks against the structured config:
+    ("trainer.stepz=3", "Key 'stepz' not in 'TrainerConfig'"),
+    ("trainer.steps=many", "Value 'many' of type 'str' could not be converted"),
+    ("ode.rtol=[1]", "ode.rtol"),
+    # ours, in the dataclasses and the name tables:
+    ("trainer.on_nan=maybe", "trainer.on_nan='maybe' is not one of 'stop', 'skip'"),
+    ("optimizer.name=sgd", "optimizer.name='sgd' is not one of 'adam'"),
+    ("solver=rk99", "Unknown solver 'rk99'. Available: euler, heun"),
+    ("adjoint=backsolv", "Unknown adjoint 'backsolv'. Available:"),
+]
+
+# Hydra configures logging in the process it runs in (handlers on the streams of
+# the moment), which outlives a pytest capture: run the commands in a subprocess,
+# all in one to start Python once.
+ERRORS_SCRIPT = r"""
+import contextlib, io, json, sys
+from nde import train
+out = []
+for argv in json.loads(sys.argv[1]):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            train.main(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    out.append([code, buffer.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def test_config_errors(tmp_path):
+    argvs = [
+        [f"recipe={TINY}", override, f"hydra.run.dir={tmp_path / str(i)}"]
+        for i, (override, _) in enumerate(ERRORS)
+    ]
+    result = run_python(["-c", ERRORS_SCRIPT, json.dumps(argvs)])
+    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    for i, ((override, expected), (code, out)) in enumerate(
+        zip(ERRORS, outputs, strict=True)
+    ):
+        assert code == 1, (override, out)
+        assert expected in out, (override, out)
+        assert not (tmp_path / str(i) / "checkpoints").exists()  # nothing ran

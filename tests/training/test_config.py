@@ -83,10 +83,11 @@ def test_default_optimizer_is_clip_then_named_optimizer(name, reference):
             False,
         ),
     ):
-        s1, s2 = ours.init(PARAMS), ref.init(PARAMS)
-        for _ in range(3):  # a few steps, so that the moments matter
-            u1, s1 = ours.update(GRADS, s1, PARAMS)
-            u2, s2 = ref.update(GRADS, s2, PARAMS)
+        with jax.numpy_dtype_promotion("standard"):  # optax is not strict-clean
+            s1, s2 = ours.init(PARAMS), ref.init(PARAMS)
+            for _ in range(3):  # a few steps, so that the moments matter
+                u1, s1 = ours.update(GRADS, s1, PARAMS)
+                u2, s2 = ref.update(GRADS, s2, PARAMS)
         close = all(np.allclose(u1[k], u2[k], rtol=1e-12, atol=0) for k in PARAMS)
         assert close == same
 
@@ -112,9 +113,10 @@ def test_schedules():
     assert float(exp(100)) == pytest.approx(lr * 0.01)
     # The learning rate sits in the optimizer state, where the trainer reads it.
     opt = make_optimizer(OptimizerConfig(lr=lr, warmup_steps=10), steps=100)
-    state = opt.init(PARAMS)
-    for _ in range(6):
-        _, state = opt.update(GRADS, state, PARAMS)
+    with jax.numpy_dtype_promotion("standard"):  # optax is not strict-clean
+        state = opt.init(PARAMS)
+        for _ in range(6):
+            _, state = opt.update(GRADS, state, PARAMS)
     from nde.training._state import learning_rate
 
     assert float(learning_rate(state)) == pytest.approx(float(warm(5)))
@@ -232,8 +234,8 @@ def test_neural_ode_data_and_curriculum():
     radius = np.linalg.norm(ys[:, 0], axis=-1)
     assert radius.min() >= 0.5 and radius.max() <= 1.5
     assert trainer.curriculum_length(0) == 10  # 10% of each series ...
-    assert trainer.curriculum_length(499) == 10
-    assert trainer.curriculum_length(500) == 100  # ... then all of it
+    assert trainer.curriculum_length(299) == 10  # ... for 30% of the steps ...
+    assert trainer.curriculum_length(300) == 100  # ... then all of it
     ts_b, ys_b, n = trainer.make_batch(np.arange(4), step=0)
     assert ys_b.shape == (4, 100, 2) and list(n) == [10] * 4
     assert dataclasses.asdict(config)["model"]["scale"] > 0

@@ -1,0 +1,308 @@
+"""Training throughput of the `neural_ode` recipe's step: nde's Trainer vs the same
+model in a hand-written Diffrax loop vs torchdiffeq.
+
+    python -m benchmarks.training [--steps 60] [--torch-steps 6] [--quick]
+
+The problem is the recipe's, after its curriculum (whole series): batch 32 of 2-D
+series with 100 points on [0, 10], vector field `4 tanh(MLP(y))` (MLP 2-64-64-2,
+softplus), MSE along the series, Adam(3e-3) after `clip_by_global_norm(1)`, float32.
+
+- **nde**: `recipes.neural_ode.NeuralODE(...).fit()` itself: Tsit5 + PID(rtol=1e-3,
+  atol=1e-6), RecursiveCheckpointAdjoint, the Trainer's loop (host batching,
+  device transfer, one jitted step with donated buffers, metrics kept on device).
+  Steps/s is the Trainer's own `time/steps_per_sec` (first step, i.e. compilation,
+  excluded).
+- **diffrax**: the loop a Diffrax user writes: `eqx.filter_jit` step with
+  `eqx.filter_value_and_grad`, `diffrax.diffeqsolve` (Tsit5, PIDController with the
+  same tolerances, RecursiveCheckpointAdjoint) vmapped over the series, optax,
+  `eqx.apply_updates`; same initial parameters and batches.
+- **torchdiffeq**: `odeint` (dopri5, the same tolerances; backpropagation through
+  the solver) on the batch as one system, an `nn.Sequential` with the same weights,
+  `torch.optim.Adam` after `clip_grad_norm_`.
+
+All three start from the same initial step size (dt0=0.1: see ode_forward.py on
+Diffrax's dt0=None). nde and Diffrax run the same `3 + --steps` steps from the same
+initial parameters on the same batches (their mean losses agree to float32
+rounding: a check that they train the same thing); steps/s leaves out the first
+step (compilation), and Diffrax's also the next two. torchdiffeq runs fewer steps.
+Targets: nde >= 1.25x Diffrax, nde >= 20x torchdiffeq (steps/s).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+WARMUP = 3
+
+
+def make_config(steps: int):
+    from nde.training import ODEConfig, TrainerConfig
+    from recipes.neural_ode import NeuralODEConfig
+
+    config = NeuralODEConfig()
+    config.data.curriculum_steps = 0.0  # whole series from the start
+    config.ode = ODEConfig(rtol=1e-3, atol=1e-6, dt0=0.1)
+    config.trainer = TrainerConfig(
+        steps=steps,
+        batch_size=32,
+        log_every=steps,  # one pull of the metrics, at the end
+        eval_every=0,
+        checkpoint_every=0,
+        progress="none",
+        compilation_cache=None,
+    )
+    return config
+
+
+def run_nde(steps: int) -> dict:
+    import tempfile
+
+    from recipes.neural_ode import NeuralODE
+
+    class NoPlot(NeuralODE):
+        def plot(self, model):
+            return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = NoPlot(make_config(WARMUP + steps), run_dir=tmp)
+        trainer.fit()
+    (log,) = [h for h in trainer.history if "train/loss" in h]  # one log, at the end
+    return {
+        "steps_per_sec": log["time/steps_per_sec"],
+        "first_step_s": log["time/first_step_s"],
+        "num_steps": log["solve/num_steps"],
+        "loss_mean": log["train/loss"],
+        "steps_timed": WARMUP + steps - 1,
+    }
+
+
+def initial_model_and_batches(steps: int):
+    """The Trainer's initial model and the batches of its first `steps` steps."""
+    import jax
+
+    from nde.training import BatchOrder
+    from recipes.neural_ode import NeuralODE
+
+    config = make_config(steps)
+    trainer = NeuralODE(config)
+    model_key, data_key, _, _ = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    trainer.data = trainer.make_data(key=data_key)
+    model = trainer.make_model(key=model_key)
+    order = BatchOrder(256, 32, config.seed)
+    batches = [trainer.make_batch(order.next(), step=s) for s in range(steps)]
+    return model, batches
+
+
+def run_diffrax(steps: int) -> dict:
+    import diffrax
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    model, batches = initial_model_and_batches(WARMUP + steps)
+    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+
+    def solve(model, ts, y0):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(model),
+            diffrax.Tsit5(),
+            ts[0],
+            ts[-1],
+            0.1,
+            y0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6),
+            max_steps=4096,
+        )
+        return sol.ys, sol.stats["num_steps"]
+
+    @eqx.filter_value_and_grad(has_aux=True)
+    def loss(model, ts, ys):
+        pred, n = jax.vmap(solve, in_axes=(None, 0, 0))(model, ts, ys[:, 0])
+        return jnp.mean((pred - ys) ** 2), n
+
+    @eqx.filter_jit
+    def make_step(ts, ys, model, opt_state):
+        (value, n), grads = loss(model, ts, ys)
+        updates, opt_state = optim.update(grads, opt_state, model)
+        return (
+            value,
+            jnp.mean(n.astype(jnp.float32)),
+            eqx.apply_updates(model, updates),
+            opt_state,
+        )
+
+    def step(i, model, opt_state):
+        ts, ys, _ = batches[i]
+        return make_step(jnp.asarray(ts), jnp.asarray(ys), model, opt_state)
+
+    values, counts = [], []
+    start = time.perf_counter()
+    value, n, model, opt_state = step(0, model, opt_state)
+    jax.block_until_ready(value)
+    first = time.perf_counter() - start
+    values.append(value), counts.append(n)
+    for i in range(1, WARMUP):
+        value, n, model, opt_state = step(i, model, opt_state)
+        values.append(value), counts.append(n)
+    jax.block_until_ready(value)
+    start = time.perf_counter()
+    for i in range(WARMUP, WARMUP + steps):
+        value, n, model, opt_state = step(i, model, opt_state)
+        values.append(value), counts.append(n)
+    jax.block_until_ready(value)
+    elapsed = time.perf_counter() - start
+    return {
+        "steps_per_sec": steps / elapsed,
+        "first_step_s": first,
+        "num_steps": float(np.mean(counts)),
+        "loss_mean": float(np.mean(values)),  # over the same steps as nde's
+        "steps_timed": steps,
+    }
+
+
+def run_torchdiffeq(steps: int) -> dict:
+    import torch
+    from torchdiffeq import odeint
+
+    model, batches = initial_model_and_batches(WARMUP + steps)
+    layers = []
+    for i, layer in enumerate(model.mlp.layers):
+        linear = torch.nn.Linear(layer.in_features, layer.out_features)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.asarray(layer.weight)))
+            linear.bias.copy_(torch.from_numpy(np.asarray(layer.bias)))
+        layers.append(linear)
+        layers.append(torch.nn.Softplus() if i < len(model.mlp.layers) - 1 else None)
+    net = torch.nn.Sequential(*[x for x in layers if x is not None])
+    scale = model.scale
+
+    class Func(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return scale * torch.tanh(self.net(y))
+
+    func = Func()
+    optim = torch.optim.Adam(func.parameters(), lr=3e-3)
+
+    def step(i):
+        ts, ys, _ = batches[i]
+        t = torch.from_numpy(np.asarray(ts[0], np.float32))
+        target = torch.from_numpy(np.asarray(ys, np.float32))
+        optim.zero_grad()
+        pred = odeint(
+            func,
+            target[:, 0],
+            t,
+            rtol=1e-3,
+            atol=1e-6,
+            method="dopri5",
+            options={"first_step": 0.1},
+        )  # (T, B, 2)
+        loss = torch.mean((pred.transpose(0, 1) - target) ** 2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(func.parameters(), 1.0)
+        optim.step()
+        return float(loss)
+
+    start = time.perf_counter()
+    values = [step(0)]
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    values += [step(i) for i in range(1, 1 + steps)]
+    elapsed = time.perf_counter() - start
+    return {
+        "steps_per_sec": steps / elapsed,
+        "first_step_s": first,
+        "num_steps": float("nan"),
+        "loss_mean": float(np.mean(values)),  # over fewer steps: not comparable
+        "steps_timed": steps,
+    }
+
+
+def to_markdown(results: dict, env: dict) -> str:
+    nde, dfx, tdq = (results.get(k) for k in ("nde", "diffrax", "torchdiffeq"))
+    lines = [
+        "## Training: steps/s of the neural_ode step",
+        "",
+        f"load average at start {env['loadavg_start'][0]:.2f}, at end "
+        f"{env['loadavg_end'][0]:.2f}; jax {env['jax']}, diffrax {env['diffrax']}, "
+        f"torch {env['torch']}",
+        "",
+        "| contestant | steps/s | first step (compile) | solver steps/series |"
+        " mean loss | steps timed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['steps_per_sec']:.2f} | {r['first_step_s']:.1f} s | "
+            f"{r['num_steps']:.1f} | {r['loss_mean']:.4g} | {r['steps_timed']} |"
+        )
+    lines += ["", "| target | ratio | |", "|---|---|---|"]
+    if nde and dfx:
+        ratio = nde["steps_per_sec"] / dfx["steps_per_sec"]
+        ok = "PASS" if ratio >= 1.25 else "FAIL"
+        lines.append(f"| nde >= 1.25x Diffrax | {ratio:.2f}x | **{ok}** |")
+    if nde and tdq:
+        ratio = nde["steps_per_sec"] / tdq["steps_per_sec"]
+        ok = "PASS" if ratio >= 20 else "FAIL"
+        lines.append(f"| nde >= 20x torchdiffeq | {ratio:.1f}x | **{ok}** |")
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict:
+    import jax
+
+    env = {"jax": jax.__version__, "python": sys.version.split()[0]}
+    for name in ("diffrax", "torch", "torchdiffeq"):
+        try:
+            env[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            env[name] = "-"
+    return env
+
+
+def main(argv=None) -> tuple[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="timed steps (JAX)")
+    parser.add_argument("--torch-steps", type=int, default=6, help="timed (torch)")
+    parser.add_argument("--quick", action="store_true", help="10 and 2 steps")
+    parser.add_argument("--only", default="", help="comma-separated contestants")
+    opts = parser.parse_args(argv)
+    steps, torch_steps = (10, 2) if opts.quick else (opts.steps, opts.torch_steps)
+    wanted = {c for c in opts.only.split(",") if c}
+    load_start = os.getloadavg()
+    runs = {
+        "nde": lambda: run_nde(steps),
+        "diffrax": lambda: run_diffrax(steps),
+        "torchdiffeq": lambda: run_torchdiffeq(torch_steps),
+    }
+    results = {}
+    import jax
+
+    # float32 throughout, also when run after a float64 benchmark in one process.
+    with jax.enable_x64(False):
+        for name, run in runs.items():
+            if wanted and name not in wanted:
+                continue
+            print(f"[training] {name} ...", file=sys.stderr, flush=True)
+            results[name] = run()
+    env = environment()
+    env["loadavg_start"], env["loadavg_end"] = load_start, os.getloadavg()
+    md = to_markdown(results, env)
+    return md, {"environment": env, "results": results}
+
+
+if __name__ == "__main__":
+    md, data = main()
+    print(md)
+    print(json.dumps(data, indent=1), file=sys.stderr)
