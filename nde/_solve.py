@@ -2,6 +2,7 @@
 `Solution`."""
 
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -81,7 +82,11 @@ def diffeqsolve(
     if isinstance(stepsize_controller, StepTo):
         validate.check_step_to(stepsize_controller, t0, t1)
     saveat = _checked_saveat(saveat, t0, t1)
-    return _solve(
+    # Outside `jit`, compile the solve (once per structure of the inputs, as
+    # Diffrax does), rather than running its set-up op by op on every call. Inside
+    # `jit` it is traced inline: a nested `jit` would only add lowering time.
+    solve = _solve if _inside_jit() else _compiled_solve
+    return solve(
         terms,
         solver,
         t0,
@@ -102,10 +107,11 @@ def diffeqsolve(
     )
 
 
-# Compiled once per structure of the inputs (as Diffrax does): calling
-# `diffeqsolve` outside `jit` then costs one compilation, not one per call, and
-# inside `jit` it is inlined.
-@eqx.filter_jit
+def _inside_jit() -> bool:
+    # Inside a `jit` trace, even a constant computation gives a tracer.
+    return isinstance(jnp.asarray(1) + 1, jax.core.Tracer)
+
+
 def _solve(
     terms,
     solver,
@@ -154,6 +160,9 @@ def _solve(
     if throw:
         sol = _throw_if_failed(sol)
     return sol
+
+
+_compiled_solve = eqx.filter_jit(_solve)
 
 
 def _integer_leaves_nondifferentiable(state: State) -> State:
@@ -263,6 +272,10 @@ def _solution(problem: Problem, saveat: SaveAt, state: State, t0, t1, direction)
 
 
 def _throw_if_failed(sol: Solution) -> Solution:
+    # The whole solution passes through the error's conditional, so that the check
+    # runs whenever any part of it is used. (Checking the scalar code alone and
+    # tying it to the outputs with `lax.optimization_barrier` was measured to be
+    # cheaper to compile, but XLA then removes the check as dead code.)
     code = jnp.asarray(sol.result._value)
     return eqx.branched_error_if(
         sol, code != RESULTS.successful._value, code, RESULTS.messages()
