@@ -6,8 +6,9 @@ most `checkpoints` of them and recomputes the rest on the backward pass.
 
 **Forward pass.** The number of steps `n` is unknown (online checkpointing). States
 are stored every `stride` steps, starting with `stride = 1`; when all slots are
-full, every other checkpoint is dropped and the stride doubles, so the stored states
-are always evenly spread over the steps taken so far (0, stride, 2 stride, ...).
+full, the stride doubles and every other checkpoint may be overwritten, so the
+stored states are always evenly spread over the steps taken so far (0, stride,
+2 stride, ...).
 When nothing is differentiated, none of this happens: the loop is a plain
 `lax.while_loop`.
 
@@ -120,36 +121,38 @@ def _packed_step(layout, body_fun, consts):
 
 
 def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
-    """The loop, storing evenly spread checkpoints of the non-buffer arrays."""
+    """The loop, storing evenly spread checkpoints of the non-buffer arrays.
+
+    Slot `s` holds the state after step `at[s]` (-1: empty). A step that is a
+    multiple of `stride` is stored in a free slot: an empty one, or one holding a
+    step that is no longer a multiple of the stride. If there is none, the stride
+    doubles first (freeing every other checkpoint). Data never moves: every step
+    writes one slot, a dummy one (index `checkpoints`) when nothing is stored, so
+    the loop has no conditionals."""
     layout = _Layout(init, kinds)
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
-    stack = _put(_stacked(dyn, checkpoints), 0, dyn)
-
-    def compact(stack):
-        # Keep the even slots (steps 0, 2 stride, 4 stride, ...) in the first half.
-        index = jnp.arange(checkpoints, dtype=jnp.int32) * 2 % checkpoints
-        return jtu.tree_map(lambda s: s[index], stack)
+    stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
+    at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
-        dyn, bufs, stack, count, stride, k = carry
+        dyn, bufs, stack, at, stride, k = carry
         dyn, bufs = step(dyn, bufs)
         k = k + 1
-        squeeze = (k % stride == 0) & (count == checkpoints)
-        stack = lax.cond(squeeze, compact, lambda s: s, stack)
-        count = jnp.where(squeeze, checkpoints // 2, count)
-        stride = jnp.where(squeeze, 2 * stride, stride)
-        store = k % stride == 0
-        slot = jnp.minimum(count, checkpoints - 1)
-        stack = lax.cond(store, lambda s: _put(s, slot, dyn), lambda s: s, stack)
-        return dyn, bufs, stack, count + store.astype(jnp.int32), stride, k
+        held = at[:checkpoints]
+        full = jnp.all((held >= 0) & (held % stride == 0))
+        stride = jnp.where((k % stride == 0) & full, 2 * stride, stride)
+        free = (held < 0) | (held % stride != 0)
+        store = (k % stride == 0) & jnp.any(free)
+        slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
+        return dyn, bufs, _put(stack, slot, dyn), at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
-    carry = (dyn, bufs, stack, one, one, zero)
-    dyn, bufs, stack, count, stride, n = lax.while_loop(
+    carry = (dyn, bufs, stack, at, one, zero)
+    dyn, bufs, stack, at, _, n = lax.while_loop(
         lambda c: cond_fun(consts, layout.unpack(c[0], c[1])), body, carry
     )
-    return layout.unpack(dyn, bufs), (stack, count, stride, n, bufs)
+    return layout.unpack(dyn, bufs), (stack, at, n, bufs)
 
 
 @eqx.filter_custom_vjp
@@ -197,14 +200,22 @@ def _checkpointed_bwd(
     window,
 ):
     del perturbed, cond_fun
-    fwd_stack, count, stride, n, final_bufs = residuals
+    fwd_stack, at, n, final_bufs = residuals
     consts, init = vjp_arg
     layout = _Layout(init, kinds)
     step = lambda c, x: _packed_step(layout, body_fun, c)(*x)
+    # Every stored state is a usable checkpoint (also those the forward pass had
+    # marked free): sort them by step, then as many free slots.
     slots = 2 * checkpoints
-    stack = jtu.tree_map(lambda b: jnp.concatenate([b, jnp.zeros_like(b)]), fwd_stack)
-    index = jnp.arange(slots, dtype=jnp.int32)
-    steps = jnp.where(index < count, index * stride, 0)
+    at = at[:checkpoints]
+    order = jnp.argsort(jnp.where(at >= 0, at, n + 1))
+    stack = jtu.tree_map(
+        lambda b: jnp.concatenate([b[order], jnp.zeros_like(b[:checkpoints])]),
+        fwd_stack,
+    )
+    count = jnp.sum(at >= 0).astype(jnp.int32)
+    steps = jnp.concatenate([at[order], jnp.zeros_like(at)])
+    steps = jnp.where(jnp.arange(slots, dtype=jnp.int32) < count, steps, 0)
     dyn0, _ = layout.pack(init)
     tape = StepTape(step, consts, (dyn0, final_bufs), window)
 
@@ -234,29 +245,19 @@ def _checkpointed_bwd(
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
         (new, _), residuals = tape.record((dyn, final_bufs), length, residuals)
-
-        def differentiate():
-            d_c, new_ct = tape.play_backwards(residuals, length, ct)
-            new_ct_c = jtu.tree_map(jnp.add, ct_c, d_c)
-            return stack, steps, top - 1, i - 1, cursor, cursor_at, new_ct, new_ct_c
-
-        def advance():
-            reached = start + length == target
-            slot = jnp.minimum(top + 1, slots - 1)
-            pushed = lax.cond(reached, lambda: _put(stack, slot, new), lambda: stack)
-            return (
-                pushed,
-                jnp.where(reached, steps.at[slot].set(target), steps),
-                jnp.where(reached, slot, top),
-                m,
-                new,
-                jnp.where(reached, -1, start + length),
-                ct,
-                ct_c,
-            )
-
-        out = lax.cond(is_last, differentiate, advance)
-        return (*out[:6], residuals, *out[6:])
+        # Play the tape back only if the window ends at m (zero steps otherwise:
+        # a `cond` here would copy the whole tape into its operands).
+        d_c, ct = tape.play_backwards(residuals, jnp.where(is_last, length, 0), ct)
+        ct_c = jtu.tree_map(jnp.add, ct_c, d_c)
+        # Otherwise push the state reached, once it is the target.
+        reached = jnp.logical_not(is_last) & (start + length == target)
+        slot = jnp.minimum(top + 1, slots - 1)
+        stack = lax.cond(reached, lambda: _put(stack, slot, new), lambda: stack)
+        steps = jnp.where(reached, steps.at[slot].set(target), steps)
+        top = jnp.where(is_last, top - 1, jnp.where(reached, slot, top))
+        cursor_at = jnp.where(is_last | reached, -1, start + length)
+        m = jnp.where(is_last, i - 1, m)
+        return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c
 
     minus_one = jnp.asarray(-1, jnp.int32)
     carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape.empty, ct, ct_c)
@@ -300,7 +301,12 @@ def checkpointed_while_loop(
     checkpoints = max(2, checkpoints + checkpoints % 2)
     kinds = buffer_kinds(init_state, buffers)
     return _checkpointed(
-        (consts, init_state), cond_fun, body_fun, kinds, checkpoints, checkpoints
+        (consts, init_state),
+        cond_fun,
+        body_fun,
+        kinds,
+        checkpoints,
+        int(__import__("os").environ.get("NDE_WINDOW", checkpoints)),
     )
 
 
