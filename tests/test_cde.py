@@ -58,12 +58,6 @@ def test_linear_cde_by_hand():
     np.testing.assert_allclose(cde.ys[0], _by_hand(0.7), rtol=RTOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ClipStepSizeController(jump_ts=...) restarts a step exactly at the jump "
-    "(Diffrax: just after it), where the left-continuous dX/dt of a "
-    "LinearInterpolation is still the previous piece's slope",
-)
 def test_linear_cde_as_an_ode_with_jumps():
     # As an ODE, dy/dt = g(y) dX/dt jumps at the knots: steps must restart there
     # (`jump_ts`), so that each step sees the slope of its own piece.

@@ -182,11 +182,13 @@ _BOUNDARY = np.nextafter(_JUMP, -np.inf)  # where the step before the jump ends
 
 
 def _jump_vf(t, y, args):
-    return jnp.where(t < _JUMP, 1.0, -1.0) * jnp.ones_like(y)
+    # `args` says whether f is continuous from the left (t <= jump) or the right.
+    before = jnp.where(args, t <= _JUMP, t < _JUMP)
+    return jnp.where(before, 1.0, -1.0) * jnp.ones_like(y)
 
 
 @jax.jit
-def _solve_across_jump(solver, jump_ts):
+def _solve_across_jump(solver, jump_ts, left_continuous=False):
     controller = nde.ConstantStepSize()
     if jump_ts is not None:
         controller = nde.ClipStepSizeController(controller, jump_ts=jump_ts)
@@ -197,6 +199,7 @@ def _solve_across_jump(solver, jump_ts):
         1.0,
         0.125,
         jnp.array([0.0]),
+        args=left_continuous,
         saveat=nde.SaveAt(t1=True, dense=True),
         stepsize_controller=controller,
     )
@@ -209,13 +212,19 @@ def _solve_across_jump(solver, jump_ts):
     return sol.ys, jax.vmap(sol.evaluate)(ts), limits
 
 
-@pytest.mark.parametrize("solver", [nde.Euler(), nde.Tsit5()])
-def test_left_and_right_limits_at_a_jump(solver):
+@pytest.mark.parametrize(
+    "solver,left_continuous",
+    [(nde.Euler(), False), (nde.Tsit5(), False), (nde.Tsit5(), True)],
+)
+def test_left_and_right_limits_at_a_jump(solver, left_continuous):
     """`left` picks the step on either side of a step boundary. With
     `ClipStepSizeController(jump_ts=...)` a step ends just before a discontinuity
-    of the vector field and the next restarts at it (re-evaluating f, which an
-    FSAL solver would otherwise reuse from the other side)."""
-    ys, values, limits = _solve_across_jump(solver, jnp.array([_JUMP]))
+    of the vector field and the next restarts just after it (re-evaluating f,
+    which an FSAL solver would otherwise reuse from the other side), whichever side
+    f is continuous from."""
+    ys, values, limits = _solve_across_jump(
+        solver, jnp.array([_JUMP]), jnp.asarray(left_continuous)
+    )
     # y = t before the jump, 1 - t after: every step integrates a constant field,
     # so every solver is exact (to round-off).
     np.testing.assert_allclose(ys, [[0.0]], atol=1e-14)

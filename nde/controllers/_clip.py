@@ -19,8 +19,8 @@ class ClipStepSizeController(AbstractStepSizeController):
     - `controller`: the controller to wrap, e.g. a `PIDController`.
     - `step_ts`: times every step must land on (e.g. observation times).
     - `jump_ts`: times of discontinuities of the vector field. Steps land just
-      before them, and the next step restarts there (`made_jump`), so that an FSAL
-      solver re-evaluates the vector field on the other side.
+      before them, and the next step restarts just after them (`made_jump`), so
+      that an FSAL solver re-evaluates the vector field on the other side.
     """
 
     controller: AbstractStepSizeController
@@ -58,9 +58,12 @@ class ClipStepSizeController(AbstractStepSizeController):
             )
         )
         made_jump = jnp.asarray(keep) & at_jump
-        # The step ended just before a jump: restart exactly at the jump.
-        next_t0 = jnp.where(made_jump, jnp.nextafter(next_t0, jnp.inf), next_t0)
-        next_t1 = jnp.maximum(next_t1, next_t0)
+        # The step ended just before a jump: restart just after it. The jump time
+        # itself is skipped, as the vector field may be continuous from either side
+        # there (`t <= jump` or `t < jump`). (As Diffrax does.)
+        after = jnp.nextafter(jnp.nextafter(next_t0, jnp.inf), jnp.inf)
+        next_t0 = jnp.where(made_jump, after, next_t0)
+        next_t1 = jnp.maximum(next_t1, jnp.nextafter(next_t0, jnp.inf))
         next_t1, at_jump = self._clip(next_t0, next_t1)
         return keep, next_t0, next_t1, made_jump, (inner_state, at_jump), result
 
