@@ -21,6 +21,7 @@ from ._results import RESULTS, Result
 from ._saveat import SaveAt, sub_saveats
 from ._saving import SaveState, init_save_state, save_final, save_step
 from ._terms import AbstractTerm
+from ._unvmap import unvmap_any
 from .controllers import AbstractStepSizeController
 from .solvers import AbstractSolver
 
@@ -160,8 +161,13 @@ def _first_failure(*results) -> Array:
 
 
 def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
-    """One attempted step: solver step, accept/reject, save."""
+    """One attempted step: solver step, accept/reject, save.
+
+    Once the solve has finished (`is_running` is false), a step changes nothing, so
+    the loop may run on while other solves of a `vmap` batch go on (see
+    `_unvmap.py`)."""
     p, s = problem, state
+    running = is_running(p, s)
     # `made_jump` can only be true if the controller reports jumps, or at the first
     # step of a continued solve (`diffeqsolve(..., made_jump=True)`).
     may_jump = p.controller.may_jump or p.made_jump is not None
@@ -189,7 +195,7 @@ def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
     )
     if keep is not True:
         result = _stall_check(result, keep, tprev, tnext, s.tnext - s.tprev, y1, p.t1)
-    keep_arr = jnp.asarray(keep)
+    keep_arr = jnp.asarray(keep) & running
     saves = [
         save_step(
             sub, save, keep_arr, s.tprev, s.tnext, s.y, y1, dense_info["coeffs"], p.args
@@ -203,18 +209,19 @@ def step(problem: Problem, state: State, meter_key: int | None = None) -> State:
         )
     progress = (tprev - p.t0) / jnp.where(p.t1 == p.t0, 1, p.t1 - p.t0)
     p.progress_meter.step(meter_key, progress)
+    if_running = lambda new, old: _select(running, new, old)
     return State(
-        y=_select(keep, y1, s.y),
-        tprev=tprev,
-        tnext=tnext,
-        made_jump=jnp.asarray(next_jump),
-        solver_state=_select(keep, solver_state, s.solver_state),
-        controller_state=controller_state,
-        result=result,
-        num_steps=s.num_steps + 1,
+        y=_select(keep_arr, y1, s.y),
+        tprev=if_running(tprev, s.tprev),
+        tnext=if_running(tnext, s.tnext),
+        made_jump=if_running(jnp.asarray(next_jump), s.made_jump),
+        solver_state=_select(keep_arr, solver_state, s.solver_state),
+        controller_state=if_running(controller_state, s.controller_state),
+        result=if_running(result, s.result),
+        num_steps=s.num_steps + running.astype(jnp.int32),
         num_accepted_steps=s.num_accepted_steps + keep_arr.astype(jnp.int32),
         num_rejected_steps=s.num_rejected_steps
-        + jnp.logical_not(keep_arr).astype(jnp.int32),
+        + (running & jnp.logical_not(keep_arr)).astype(jnp.int32),
         saves=saves,
         dense=dense,
     )
@@ -262,7 +269,7 @@ def run(problem: Problem, while_loop: WhileLoop) -> State:
     """
     key = problem.progress_meter.init()
     state = while_loop(
-        is_running,
+        lambda problem, state: unvmap_any(is_running(problem, state)),
         lambda problem, state: step(problem, state, key),
         init_state(problem),
         consts=problem,

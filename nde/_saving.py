@@ -18,6 +18,7 @@ from jaxtyping import Array, PyTree
 
 from ._interpolation import polynomial_value
 from ._saveat import SubSaveAt
+from ._unvmap import unvmap_max
 
 
 class SaveState(eqx.Module):
@@ -141,23 +142,31 @@ def _interp_one(fn_static, t, tprev, tnext, y0, coeffs, dyn_args):
 def _interpolate_into(
     fn_static, ts, start, end, slot, tprev, tnext, y0, coeffs, ts_buf, ys_buf, dyn_args
 ):
-    """Write `fn(ts[i], y(ts[i]))` for `start <= i < end` into slots from `slot`."""
+    """Write `fn(ts[i], y(ts[i]))` for `start <= i < end` into slots from `slot`.
+
+    The loop's condition is unbatched under `vmap` (`unvmap_max`): writes past an
+    element's own `end` are masked instead, so the buffers are updated in place
+    rather than selected whole at every iteration."""
+    count = end - start
+
+    def put(buf, value, j, active):
+        old = lax.dynamic_index_in_dim(buf, j, 0, keepdims=False)
+        new = jnp.where(active, value.astype(buf.dtype), old)
+        return lax.dynamic_update_index_in_dim(buf, new, j, 0)
 
     def body(carry):
-        i, ts_buf, ys_buf = carry
-        t = ts[i]
+        k, ts_buf, ys_buf = carry
+        active = k < count
+        t = ts[jnp.minimum(start + k, ts.shape[0] - 1)]
         value = _interp_one(fn_static, t, tprev, tnext, y0, coeffs, dyn_args)
-        j = slot + i - start
-        ts_buf = lax.dynamic_update_index_in_dim(ts_buf, t, j, 0)
-        ys_buf = jtu.tree_map(
-            lambda b, v: lax.dynamic_update_index_in_dim(b, v.astype(b.dtype), j, 0),
-            ys_buf,
-            value,
-        )
-        return i + 1, ts_buf, ys_buf
+        j = slot + k
+        ts_buf = put(ts_buf, t, j, active)
+        ys_buf = jtu.tree_map(lambda b, v: put(b, v, j, active), ys_buf, value)
+        return k + 1, ts_buf, ys_buf
 
+    zero = jnp.zeros_like(count)
     _, ts_buf, ys_buf = lax.while_loop(
-        lambda c: c[0] < end, body, (start, ts_buf, ys_buf)
+        lambda c: c[0] < unvmap_max(count), body, (zero, ts_buf, ys_buf)
     )
     return ts_buf, ys_buf
 
