@@ -64,16 +64,20 @@ def _time_dtype(*times):
 _MAX_DEPTH = 30  # node ids 2**level + index must fit in a uint32
 
 
-def _node_index(x, levels):
-    """The index of the node holding `x` (in `[0, 1]`) at each level `0..levels`.
-
-    At level `k` it is `floor(x 2**k)` (the last node for `x = 1`): exact, since
+def _node_index(x, level):
+    """The index of the node holding `x` (in `[0, 1]`) at `level` (an int or an
+    array of levels): `floor(x 2**level)`, the last node for `x = 1`. Exact, since
     scaling by a power of two is exact, so a point's path down the tree is the same
-    in every query.
-    """
-    scale = jnp.ldexp(jnp.ones((), x.dtype), jnp.arange(levels + 1))
-    index = jnp.floor(x[:, None] * scale)
-    return jnp.minimum(index, scale - 1), scale
+    in every query."""
+    scale = jnp.ldexp(jnp.ones((), x.dtype), level)
+    return jnp.minimum(jnp.floor(x * scale), scale - 1), scale
+
+
+def _node_ids(x, level):
+    """Heap numbering of the nodes: `2**level + index` (the root is 1; 0 is kept for
+    the root's own sample)."""
+    index, scale = _node_index(x, level)
+    return (scale + index).astype(jnp.uint32)
 
 
 def _node_samples(key, ids, num: int, shape, dtype):
@@ -115,36 +119,53 @@ def _halves(walk: _Walk, length, z, levy: bool):
     return (walk.dw + diff) / 2, (walk.dw - diff) / 2, hh_left, hh_right
 
 
-def _descend(walk: _Walk, z, right, active, levy: bool) -> _Walk:
-    """Walk down the levels: `z[:, k]` are the samples of the level-`k` nodes,
-    `right[:, k]` whether each point goes to the right half, `active[k]` whether
-    level `k` exists (a traced depth runs over `_MAX_DEPTH` levels)."""
-
-    def level(walk, xs):
-        z, right, active, length = xs
-        dw_l, dw_r, hh_l, hh_r = _halves(walk, length, z, levy)
-        r = _bcast(right, dw_l)
+def _level(walk: _Walk, z, right, length, levy: bool) -> _Walk:
+    """One level down: `z` the samples of the current nodes, `right` whether each
+    point goes to the right half."""
+    dw_l, dw_r, hh_l, hh_r = _halves(walk, length, z, levy)
+    r = _bcast(right, dw_l)
+    together = walk.together & (right[0] == right[1])
+    # While both points share a node, measure from that node's start.
+    w = jnp.where(together, 0, jnp.where(r, walk.w + dw_l, walk.w))
+    integral = walk.integral
+    if levy:  # the running integral is only needed for Lévy areas
         half = (length / 2).astype(dw_l.dtype)
-        w = jnp.where(r, walk.w + dw_l, walk.w)
-        integral = jnp.where(
-            r, walk.integral + half * (walk.w + dw_l / 2 + hh_l), walk.integral
-        )
-        together = walk.together & (right[0] == right[1])
-        # While both points share a node, measure from that node's start.
-        new = _Walk(
-            w=jnp.where(together, 0, w),
-            dw=jnp.where(r, dw_r, dw_l),
-            hh=jnp.where(r, hh_r, hh_l),
-            integral=jnp.where(together, 0, integral),
-            together=together,
-        )
-        return jtu.tree_map(lambda a, b: jnp.where(active, a, b), new, walk), None
+        left_integral = half * (walk.w + dw_l / 2 + hh_l)
+        integral = jnp.where(r, integral + left_integral, integral)
+        integral = jnp.where(together, 0, integral)
+    return _Walk(
+        w=w,
+        dw=jnp.where(r, dw_r, dw_l),
+        hh=jnp.where(r, hh_r, hh_l) if levy else walk.hh,
+        integral=integral,
+        together=together,
+    )
 
-    levels = right.shape[1]
-    lengths = jnp.ldexp(jnp.ones((), jnp.float32), -jnp.arange(levels))
-    xs = (jnp.moveaxis(z, 1, 0), right.T, active, lengths)
-    walk, _ = lax.scan(level, walk, xs)
-    return walk
+
+def _descend(walk: _Walk, key, x, depth, num: int, shape, dtype, levy) -> _Walk:
+    """Walk both points `x` (shape `(2,)`) down `depth` levels.
+
+    A static depth draws the samples of all the nodes on both paths at once and
+    unrolls the levels (XLA fuses them); a traced depth loops over the levels,
+    drawing each level's samples in turn."""
+    if isinstance(depth, int):
+        if depth == 0:
+            return walk
+        levels = jnp.arange(depth)
+        z = _node_samples(key, _node_ids(x[:, None], levels), num, shape, dtype)
+        right = _node_index(x[:, None], levels + 1)[0] % 2 == 1
+        for k in range(depth):
+            walk = _level(walk, z[:, k], right[:, k], jnp.asarray(2.0**-k), levy)
+        return walk
+
+    def level(k, walk):
+        ids = _node_ids(x, k)[:, None]
+        z = _node_samples(key, ids, num, shape, dtype)[:, 0]
+        right = _node_index(x, k + 1)[0] % 2 == 1
+        length = jnp.ldexp(jnp.ones((), jnp.float32), -k)
+        return _level(walk, z, right, length, levy)
+
+    return lax.fori_loop(0, depth, level, walk)
 
 
 def _leaf_values(walk: _Walk, r, length, levy: bool):
@@ -279,14 +300,9 @@ class VirtualBrownianTree(AbstractBrownianPath):
         span = jnp.asarray(self.t1, tdtype) - t0
         x = jnp.clip(jnp.stack([lo - t0, hi - t0]) / span, 0, 1)
         depth = self._depth()
-        levels = depth if isinstance(depth, int) else _MAX_DEPTH
-        index, scale = _node_index(x, levels)
-        # Node ids: 2**level + index (the root is 1); id 0 is the root's own sample.
-        ids = jnp.concatenate(
-            [jnp.zeros((2, 1)), scale[:-1] + index[:, :-1]], axis=1
-        ).astype(jnp.uint32)
-        z = _node_samples(key, ids, 2 if levy else 1, shape, dtype)
-        root = z[:, 0]
+        num = 2 if levy else 1
+        root = _node_samples(key, jnp.zeros((1, 1), jnp.uint32), num, shape, dtype)
+        root = jnp.broadcast_to(root[0, 0], (2, num) + shape)
         zeros = jnp.zeros((2,) + shape, dtype)
         walk = _Walk(
             w=zeros,
@@ -295,12 +311,8 @@ class VirtualBrownianTree(AbstractBrownianPath):
             integral=zeros,
             together=jnp.asarray(True),
         )
-        right = (index[:, 1:] % 2 == 1) if levels > 0 else jnp.zeros((2, 0), bool)
-        active = jnp.arange(levels, dtype=jnp.int32) < depth
-        walk = _descend(walk, z[:, 1:], right, active, levy)
-        leaf_index = jnp.take_along_axis(
-            index, jnp.broadcast_to(jnp.asarray(depth), (2, 1)), axis=1
-        )[:, 0]
+        walk = _descend(walk, key, x, depth, num, shape, dtype, levy)
+        leaf_index = _node_index(x, depth)[0]
         leaf_length = jnp.ldexp(jnp.ones((), tdtype), -jnp.asarray(depth))
         r = jnp.clip(x / leaf_length - leaf_index, 0, 1)
         w, integral = _leaf_values(walk, r, leaf_length, levy)
