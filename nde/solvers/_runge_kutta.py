@@ -15,6 +15,7 @@ import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from .._results import RESULTS
 from ._base import AbstractSolver
@@ -34,14 +35,23 @@ def _combine(y0, weights, ks):
     return jtu.tree_map(leaf, y0, *[k for _, k in terms])
 
 
-def _weighted_sum(weights, ks):
-    """`sum_j weights[j] ks[j]`, or `None` if all weights are zero."""
-    terms = [(w, k) for w, k in zip(weights, ks, strict=False) if w != 0]
-    if not terms:
-        return jtu.tree_map(jnp.zeros_like, ks[0])
-    first_w, first_k = terms[0]
-    out = jtu.tree_map(lambda k: float(first_w) * k, first_k)
-    return _combine(out, [w for w, _ in terms[1:]], [k for _, k in terms[1:]])
+def _contract(weights, ks):
+    """`sum_j weights[..., j] ks[j]` (numpy `weights`), as one contraction over the
+    stages with a non-zero weight. (A chain of scaled adds is as many operations
+    per stage, which cost compile time even where XLA removes them as unused.)"""
+    weights = np.asarray(weights)
+    used = [j for j in range(weights.shape[-1]) if (weights[..., j] != 0).any()]
+    if not used:
+        return jtu.tree_map(
+            lambda k: jnp.zeros(weights.shape[:-1] + k.shape, k.dtype), ks[0]
+        )
+
+    def leaf(*k):
+        stacked = jnp.stack([k[j] for j in used])
+        w = jnp.asarray(weights[..., used], stacked.dtype)
+        return jnp.tensordot(w, stacked, axes=1)
+
+    return jtu.tree_map(leaf, *ks)
 
 
 class AbstractRungeKutta(AbstractSolver):
@@ -75,7 +85,7 @@ class AbstractRungeKutta(AbstractSolver):
         else:
             vf1 = terms.vf(t1, y1, args)
             ks = ks + [terms.prod(vf1, control)]
-        y_error = None if tab.b_error is None else _weighted_sum(tab.b_error, ks)
+        y_error = None if tab.b_error is None else _contract(tab.b_error, ks)
         dense_info = dict(y0=y0, coeffs=self._dense_coeffs(ks))
         return y1, y_error, dense_info, vf1, RESULTS.successful
 
@@ -133,15 +143,5 @@ class AbstractRungeKutta(AbstractSolver):
     def _dense_coeffs(self, ks):
         dense = self.tableau.dense
         assert dense is not None
-        # coeffs[d] = sum_j W[j, d] k_j: the polynomial's coefficient of theta**(d+1),
-        # as one contraction over the stages that W uses. (Written as separate
-        # weighted sums it is ~50 operations, which cost compile time even when no
-        # dense output is asked for and XLA removes them: ~6% of a small solve's.)
-        rows = [j for j in range(dense.shape[0]) if (dense[j] != 0).any()]
-        weights = dense[rows].T  # (degree, stages used)
-
-        def leaf(*k):
-            stacked = jnp.stack([k[j] for j in rows])
-            return jnp.tensordot(jnp.asarray(weights, stacked.dtype), stacked, axes=1)
-
-        return jtu.tree_map(leaf, *ks)
+        # coeffs[d] = sum_j W[j, d] k_j: the polynomial's coefficient of theta**(d+1).
+        return _contract(dense.T, ks)
