@@ -9,7 +9,7 @@ import pathlib
 import sys
 import time
 
-from . import ode_forward, training
+from . import ode_forward, sde, training
 
 OUT = pathlib.Path(__file__).parent / "out"
 
@@ -34,6 +34,14 @@ def main(argv=None) -> None:
     (OUT / "training.json").write_text(json.dumps(data, indent=1))
     print(md)
     print(f"(written to {OUT}/training.md and .json)", file=sys.stderr)
+    start = time.perf_counter()
+    # Neural SDEs against Diffrax and torchsde; peak memory only on a full run.
+    md, data = sde.main(["--quick"] if "--quick" in argv else ["--memory"])
+    data["wall_s"] = time.perf_counter() - start
+    (OUT / "sde.md").write_text(md)
+    (OUT / "sde.json").write_text(json.dumps(data, indent=1))
+    print(md)
+    print(f"(written to {OUT}/sde.md and .json)", file=sys.stderr)
 
 
 if __name__ == "__main__":
