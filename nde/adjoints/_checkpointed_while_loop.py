@@ -306,7 +306,7 @@ def checkpointed_while_loop(
         body_fun,
         kinds,
         checkpoints,
-        int(__import__("os").environ.get("NDE_WINDOW", checkpoints)),
+        checkpoints,  # window: as many steps on the tape as there are checkpoints
     )
 
 

@@ -42,7 +42,10 @@ class StepTape:
         self.c_diff, self.c_rest = eqx.partition(consts, eqx.is_inexact_array)
         self._const_leaves = [c for c in jtu.tree_leaves(consts) if eqx.is_array(c)]
         self.treedef = None
-        shapes = jax.eval_shape(lambda: self._linearise(x)[1])
+        # `x` is an argument, not a closure: its leaves are then abstract, as in the
+        # loop that records. (A leaf that is a concrete constant, e.g. a flag made
+        # at trace time, can give a VJP with another set of residuals.)
+        shapes = jax.eval_shape(lambda x: self._linearise(x)[1], x)
         self._probe_mask = self._mask
         self.empty = jtu.tree_map(
             lambda s: jnp.zeros((window,) + s.shape, s.dtype), shapes

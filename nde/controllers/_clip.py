@@ -1,3 +1,4 @@
+import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike, Real
 
@@ -61,9 +62,9 @@ class ClipStepSizeController(AbstractStepSizeController):
         # The step ended just before a jump: restart just after it. The jump time
         # itself is skipped, as the vector field may be continuous from either side
         # there (`t <= jump` or `t < jump`). (As Diffrax does.)
-        after = jnp.nextafter(jnp.nextafter(next_t0, jnp.inf), jnp.inf)
+        after = _ulps_up(next_t0, 2)
         next_t0 = jnp.where(made_jump, after, next_t0)
-        next_t1 = jnp.maximum(next_t1, jnp.nextafter(next_t0, jnp.inf))
+        next_t1 = jnp.maximum(next_t1, _ulps_up(next_t0, 1))
         next_t1, at_jump = self._clip(next_t0, next_t1)
         return keep, next_t0, next_t1, made_jump, (inner_state, at_jump), result
 
@@ -73,7 +74,19 @@ class ClipStepSizeController(AbstractStepSizeController):
             t1 = jnp.minimum(t1, _next_after(jnp.asarray(self.step_ts, t1.dtype), t0))
         if self.jump_ts is not None:
             jump = _next_after(jnp.asarray(self.jump_ts, t1.dtype), t0)
-            before = jnp.nextafter(jump, -jnp.inf)
+            before = _ulps_up(jump, -1)
             at_jump = before <= t1
             t1 = jnp.where(at_jump, before, t1)
         return t1, at_jump
+
+
+def _ulps_up(t, n: int):
+    """`t` moved by `n` floating-point spacings (down for negative `n`), with the
+    derivative of `t` itself: `nextafter` has no derivative rule, and a shift by
+    a few spacings is a constant as far as gradients with respect to times go."""
+    direction = jnp.inf if n > 0 else -jnp.inf
+    t_stopped = lax.stop_gradient(t)
+    moved = t_stopped
+    for _ in range(abs(n)):
+        moved = jnp.nextafter(moved, direction)
+    return t + (moved - t_stopped)
