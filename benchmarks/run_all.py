@@ -9,7 +9,7 @@ import pathlib
 import sys
 import time
 
-from . import ode_forward, sde, training
+from . import ode_forward, ode_gradient, ode_gradient_memory, sde, training
 
 OUT = pathlib.Path(__file__).parent / "out"
 
@@ -27,6 +27,19 @@ def main(argv=None) -> None:
         f"(written to {OUT}/ode_forward.md and .json; {data['wall_s']:.0f} s in all)",
         file=sys.stderr,
     )
+    start = time.perf_counter()
+    md, data = ode_gradient.main(argv)
+    data["wall_s"] = time.perf_counter() - start
+    (OUT / "ode_gradient.md").write_text(md)
+    (OUT / "ode_gradient.json").write_text(json.dumps(data, indent=1))
+    print(md)
+    print(f"(written to {OUT}/ode_gradient.md and .json)", file=sys.stderr)
+    if "--quick" not in argv:
+        # Peak memory of long solves' gradients: one subprocess per case.
+        md, data = ode_gradient_memory.main([])
+        (OUT / "ode_gradient_memory.md").write_text(md)
+        (OUT / "ode_gradient_memory.json").write_text(json.dumps(data, indent=1))
+        print(md)
     start = time.perf_counter()
     md, data = training.main(["--quick"] if "--quick" in argv else [])
     data["wall_s"] = time.perf_counter() - start
