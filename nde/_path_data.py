@@ -96,7 +96,7 @@ def _broadcast_like(value, ys):
 
 
 def linear_interpolation(
-    ts: Real[ArrayLike, " times"],
+    ts: Real[ArrayLike, " times"],  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
     ys: PyTree[ArrayLike],
     *,
     fill_forward_nans_at_end: bool = False,
@@ -139,7 +139,7 @@ def linear_interpolation(
 
 
 def rectilinear_interpolation(
-    ts: Real[ArrayLike, " times"],
+    ts: Real[ArrayLike, " times"],  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
     ys: PyTree[ArrayLike],
     replace_nans_at_start: PyTree[ArrayLike] | None = None,
 ) -> tuple[Array, PyTree[Array]]:
@@ -171,7 +171,7 @@ def rectilinear_interpolation(
 
 
 def backward_hermite_coefficients(
-    ts: Real[ArrayLike, " times"],
+    ts: Real[ArrayLike, " times"],  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
     ys: PyTree[ArrayLike],
     *,
     deriv0: PyTree[ArrayLike] | None = None,

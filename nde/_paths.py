@@ -89,7 +89,7 @@ class _AbstractInterpolation(AbstractPath):
     Outside `[ts[0], ts[-1]]` the first and last pieces are extrapolated.
     """
 
-    ts: Real[Array, " times"]
+    ts: Real[Array, " times"]  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
 
     @property
     def t0(self):
@@ -139,7 +139,7 @@ class LinearInterpolation(_AbstractInterpolation):
 
     ys: PyTree[Array]
 
-    def __init__(self, ts: Real[ArrayLike, " times"], ys: PyTree[ArrayLike]):
+    def __init__(self, ts: Real[ArrayLike, " times"], ys: PyTree[ArrayLike]):  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
         self.ts = as_float(ts)
         self.ys = jtu.tree_map(as_float, ys)
 
@@ -188,7 +188,7 @@ class CubicInterpolation(_AbstractInterpolation):
 
     coeffs: tuple[PyTree[Array], PyTree[Array], PyTree[Array], PyTree[Array]]
 
-    def __init__(self, ts: Real[ArrayLike, " times"], coeffs: tuple):
+    def __init__(self, ts: Real[ArrayLike, " times"], coeffs: tuple):  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
         self.ts = as_float(ts)
         self.coeffs = jtu.tree_map(as_float, coeffs)
 

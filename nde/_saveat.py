@@ -33,7 +33,7 @@ class SubSaveAt(eqx.Module):
     t1: bool = eqx.field(static=True, default=False)
     # An array (not, e.g., a list of floats, whose elements `jit` would trace one
     # by one).
-    ts: Real[Array, " times"] | None = eqx.field(default=None, converter=_as_times)
+    ts: Real[Array, " times"] | None = eqx.field(default=None, converter=_as_times)  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
     steps: bool = eqx.field(static=True, default=False)
     fn: Callable = eqx.field(static=True, default=save_y)
 
@@ -75,7 +75,7 @@ class SaveAt(eqx.Module):
         *,
         t0: bool = False,
         t1: bool = False,
-        ts: Real[ArrayLike, " times"] | None = None,
+        ts: Real[ArrayLike, " times"] | None = None,  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
         steps: bool = False,
         fn: Callable = save_y,
         subs: PyTree[SubSaveAt] = None,

@@ -25,8 +25,8 @@ class ClipStepSizeController(AbstractStepSizeController):
     """
 
     controller: AbstractStepSizeController
-    step_ts: Real[ArrayLike, " steps"] | None = None
-    jump_ts: Real[ArrayLike, " jumps"] | None = None
+    step_ts: Real[ArrayLike, " steps"] | None = None  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
+    jump_ts: Real[ArrayLike, " jumps"] | None = None  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
 
     @property
     def is_adaptive(self) -> bool:

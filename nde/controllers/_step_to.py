@@ -16,7 +16,7 @@ class StepTo(AbstractStepSizeController):
       a forward solve, decreasing for a reverse-time one). Use with `dt0=None`.
     """
 
-    ts: Real[ArrayLike, " times"]
+    ts: Real[ArrayLike, " times"]  # pyright: ignore[reportUndefinedVariable] (a jaxtyping dimension name)
 
     def __check_init__(self):
         ts = self.ts

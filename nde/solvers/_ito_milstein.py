@@ -1,3 +1,4 @@
+import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._control_terms import drift_and_diffusion
@@ -45,7 +46,7 @@ class ItoMilstein(AbstractSolver):
         # E[dW_j dW_k] = delta_jk (t1 - t0), in the solve's forward time.
         dt = t1 - t0
         y1 = jtu.tree_map(
-            lambda y, a, b, c, d: y + a + b + (c - d * dt.astype(d.dtype)) / 2,
+            lambda y, a, b, c, d: y + a + b + (c - d * jnp.asarray(dt, d.dtype)) / 2,
             y0,
             f,
             g_dw,
