@@ -78,7 +78,7 @@ class ModelConfig:
 class LatentODEConfig(Config):
     trainer: TrainerConfig = field(
         default_factory=lambda: TrainerConfig(
-            steps=2000,
+            steps=3000,
             batch_size=32,
             log_every=50,
             eval_every=250,
