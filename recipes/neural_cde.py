@@ -33,7 +33,6 @@ Differential Equations for Irregular Time Series", NeurIPS 2020.
 
 import dataclasses
 import functools
-import logging
 import math
 from dataclasses import field
 
@@ -46,13 +45,10 @@ import nde
 from nde.training import (
     Config,
     Dataset,
-    Logger,
     ODEConfig,
     OptimizerConfig,
     TrainerConfig,
 )
-
-log = logging.getLogger("nde.training")
 
 
 @dataclasses.dataclass
@@ -243,20 +239,11 @@ class NeuralCDEClassifier(nde.Trainer):
     def _metrics(self):
         return eqx.filter_jit(lambda model, batch: self.loss(model, batch, key=None))
 
-    def on_train_end(self, state):
-        """Classify the held-out test set once and log `test/loss`, `test/accuracy`
-        (the loop logs only `train/` and `val/` metrics, so with a logger of our
-        own, appending to the same `metrics.jsonl`)."""
-        loss, metrics = self._metrics(state.model, self.data.extra["test"])
-        test = {"test/loss": float(loss), "test/accuracy": float(metrics["accuracy"])}
-        step = int(state.step)
-        self.history.append({"step": step, **test})
-        log.info("Test set: %s", " | ".join(f"{k} {v:.4g}" for k, v in test.items()))
-        if self.config.trainer.fast_dev_run or jax.process_index() != 0:
-            return
-        logger = Logger(self.run_dir)
-        logger.log_metrics(test, step)
-        logger.close()
+    def test(self, model, *, key):
+        """Classify the held-out test set once, when training ends: logged as
+        `test/loss` and `test/accuracy`."""
+        loss, metrics = self._metrics(model, self.data.extra["test"])
+        return {"loss": float(loss), "accuracy": float(metrics["accuracy"])}
 
     def plot(self, model):
         from matplotlib.figure import Figure

@@ -295,11 +295,16 @@ class Run:
             self._plot(step)
         if self.ckpt is not None:
             self.ckpt.wait()
+        test = tr._test(step)
+        if test:
+            self._log(step, test)
         if self.logger is not None:
             finals = {k: v for k, v in self.final.items() if math.isfinite(v)}
             self.logger.log_hyperparams(flatten(to_dict(tr.config)), finals)
         summary = " | ".join(
-            f"{k} {v:.4g}" for k, v in self.final.items() if k.endswith("loss")
+            f"{k} {v:.4g}"
+            for k, v in self.final.items()
+            if k.endswith("loss") or k.startswith("test/")
         )
         where = "" if self.dev_run else f" | {tr.run_dir}"
         self.progress.message(f"Finished at step {step} | {summary}{where}")

@@ -188,6 +188,20 @@ class Trainer(Hooks, abc.ABC):
             self._val_batch = self.parallel.put_eval(self.data.val)
         return self._eval_step(model, self._val_batch, key)
 
+    def test(self, model, *, key) -> dict[str, float]:
+        """Test metrics, computed once when training ends (after the last
+        evaluation) and logged with the prefix `test/` to TensorBoard,
+        `metrics.jsonl` and the hparams summary. Default: none.
+
+        **Example override:**
+
+            def test(self, model, *, key):
+                ts, ys, labels = self.data.extra["test"]
+                pred = self.classify(model, ts, ys)
+                return {"accuracy": float(jnp.mean(pred == labels))}
+        """
+        return {}
+
     def plot(self, model):
         """A matplotlib `Figure` to log as an image (and save under `plots/`), or
         `None`. Called at the end of training and every `trainer.plot_every`
@@ -352,6 +366,13 @@ class Trainer(Hooks, abc.ABC):
         metrics = host_metrics(self.evaluate(self.model, key=key))
         return {
             k if k.startswith("val/") else f"val/{k}": v for k, v in metrics.items()
+        }
+
+    def _test(self, step: int) -> dict[str, float]:
+        key = jax.random.fold_in(jax.random.fold_in(self._eval_key, step), 1)
+        metrics = host_metrics(self.test(self.model, key=key))
+        return {
+            k if k.startswith("test/") else f"test/{k}": v for k, v in metrics.items()
         }
 
     def _meta(self, order, stopper: EarlyStopping) -> dict:

@@ -212,3 +212,23 @@ def test_import_nde_stays_light():
     )
     out = run_python(["-c", code]).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "False"
+
+
+class TinyWithTestSet(TinyTrainer):
+    def test(self, model, *, key):
+        # Test metrics: the validation set's loss under another name, and a value
+        # that shows which model was tested (the final one).
+        loss, _ = self.loss(model, self.data.val, key=key)
+        return {"loss": float(loss), "weight_sum": float(jnp.sum(model.weight))}
+
+
+def test_test_metrics_logged_once_at_the_end(tmp_path):
+    trainer = TinyWithTestSet(tiny_config(), run_dir=tmp_path)
+    model = trainer.fit()
+    tested = [h for h in trainer.history if any(k.startswith("test/") for k in h)]
+    assert len(tested) == 1 and tested[0]["step"] == 6
+    assert tested[0]["test/weight_sum"] == pytest.approx(float(jnp.sum(model.weight)))
+    assert tested[0]["test/loss"] == pytest.approx(trainer.history[-2]["val/loss"])
+    assert read_jsonl(tmp_path / "metrics.jsonl") == trainer.history
+    events = read_events(tmp_path / "tb")
+    assert [s for s, _ in events["test/loss"]] == [6]
