@@ -45,7 +45,6 @@ J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
 
 import dataclasses
 import functools
-import logging
 import math
 from dataclasses import field
 
@@ -55,11 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import nde
-from nde.training import Config, Dataset, Logger, OptimizerConfig, TrainerConfig
+from nde.training import Config, Dataset, OptimizerConfig, TrainerConfig
 
 from ._irregular_spirals import DataConfig, random_series
-
-log = logging.getLogger("nde.training")
 
 
 @dataclasses.dataclass
@@ -257,22 +254,10 @@ class LatentODERecipe(nde.Trainer):
         val = self.errors(model, self.data.extra["val"])
         return {**super().evaluate(model, key=key), **val}
 
-    def on_train_end(self, state):
-        """The same errors on the held-out test set, once, logged as `test/...`
-        (the loop logs only `train/` and `val/` metrics: a logger of our own appends
-        to the same `metrics.jsonl` and TensorBoard folder)."""
-        test = {
-            f"test/{k}": v
-            for k, v in self.errors(state.model, self.data.extra["test"]).items()
-        }
-        step = int(state.step)
-        self.history.append({"step": step, **test})
-        log.info("Test set: %s", " | ".join(f"{k} {v:.4g}" for k, v in test.items()))
-        if self.config.trainer.fast_dev_run or jax.process_index() != 0:
-            return
-        logger = Logger(self.run_dir)
-        logger.log_metrics(test, step)
-        logger.close()
+    def test(self, model, *, key):
+        """The same errors on the held-out test set, once, when training ends
+        (logged as `test/recon_mse`, ...)."""
+        return self.errors(model, self.data.extra["test"])
 
     def plot(self, model):
         from matplotlib.figure import Figure
