@@ -126,6 +126,7 @@ class CNFConfig(Config):
         )
     )
     optimizer: OptimizerConfig = field(
+        # A short warm-up, then a cosine decay to 5% that settles the fit at the end.
         default_factory=lambda: OptimizerConfig(
             lr=3e-3, schedule="cosine", final_lr_factor=0.05, warmup_steps=50
         )
