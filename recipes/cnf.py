@@ -41,7 +41,6 @@ estimator of the trace of the influence matrix for Laplacian smoothing splines",
 
 import dataclasses
 import functools
-import logging
 import math
 from dataclasses import field
 
@@ -54,15 +53,12 @@ import nde
 from nde.training import (
     Config,
     Dataset,
-    Logger,
     ODEConfig,
     OptimizerConfig,
     TrainerConfig,
 )
 
 from ._toy_densities import DENSITIES, entropy
-
-log = logging.getLogger("nde.training")
 
 NOISES = ("rademacher", "gaussian")
 ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus}
@@ -269,24 +265,15 @@ class CNF(nde.Trainer):
         )
         return {"loss": metrics.pop("nll"), **metrics}
 
-    def on_train_end(self, state):
-        """Evaluate the test set once and log `test/nll`, `test/kl`, ... and the
-        reference entropy `test/entropy_reference` (the loop logs only `train/`
-        and `val/` metrics: with a logger of our own, appending to the same
-        `metrics.jsonl`)."""
+    def test(self, model, *, key):
+        """The test set, once when training ends: `test/nll`, `test/kl`, ... and
+        the reference entropy `test/entropy_reference`."""
+        del key
         extra = self.data.extra
-        metrics = self.nll_metrics(state.model, extra["test"], extra["test_neg_log_p"])
+        metrics = self.nll_metrics(model, extra["test"], extra["test_neg_log_p"])
         metrics["entropy_reference"] = extra["entropy"]
         metrics["entropy_reference_stderr"] = extra["entropy_stderr"]
-        test = {f"test/{k}": v for k, v in metrics.items()}
-        step = int(state.step)
-        self.history.append({"step": step, **test})
-        log.info("Test set: %s", " | ".join(f"{k} {v:.4g}" for k, v in test.items()))
-        if self.config.trainer.fast_dev_run or jax.process_index() != 0:
-            return
-        logger = Logger(self.run_dir)
-        logger.log_metrics(test, step)
-        logger.close()
+        return metrics
 
     @functools.cached_property
     def _sample(self):
