@@ -84,7 +84,7 @@ class LatentODEConfig(Config):
     )
     optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(
-            lr=5e-3, schedule="cosine", final_lr_factor=0.1, clip_norm=1.0
+            lr=2.5e-3, schedule="cosine", final_lr_factor=0.1, clip_norm=1.0
         )
     )
     data: DataConfig = field(default_factory=DataConfig)
