@@ -98,7 +98,7 @@ class GANConfig:
     clip_scale: float = 4.0
     eval_samples: int = 4096  # generated paths for val/mean_err and val/std_err
     eval_times: int = 5  # evenly spaced data times at which the moments are compared
-    average_decay: float = 0.995  # EMA of the generator evaluated; 0: last iterate
+    average_decay: float = 0.998  # EMA of the generator evaluated; 0: last iterate
 
 
 @dataclasses.dataclass
@@ -121,13 +121,13 @@ class NeuralSDEConfig(Config):
         )
     )
     optimizer: OptimizerConfig = field(
-        # The generator's (the discriminator's: gan.discriminator_lr, 10x faster,
+        # The generator's (the discriminator's: gan.discriminator_lr, 5x faster,
         # same schedule). b1 = 0: momentum destabilises the two-player game
         # (Arjovsky et al. used RMSprop; Adam with b1 = 0 is RMSprop with bias
         # correction). The cosine decay damps the game's oscillation at the end. No
         # gradient norm clipping: the discriminator's weights are clipped instead.
         default_factory=lambda: OptimizerConfig(
-            lr=5e-4, b1=0.0, schedule="cosine", final_lr_factor=0.1, clip_norm=None
+            lr=1e-3, b1=0.0, schedule="cosine", final_lr_factor=0.1, clip_norm=None
         )
     )
     data: DataConfig = field(default_factory=DataConfig)
