@@ -175,6 +175,7 @@ def test_max_relative_error():
 
 def test_default_config_is_consistent():
     c = rs.NeuralSDEConfig()
+    assert c.ode.dt0 is not None  # the constant controller needs it
     steps = c.data.t1 / c.ode.dt0
     # The generator steps land on the data times and stay within max_steps.
     assert steps == c.data.length - 1 and steps < c.ode.max_steps
