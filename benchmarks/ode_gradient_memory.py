@@ -31,8 +31,6 @@ the adjoints whose memory does not grow with the number of steps).
 """
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import pathlib
@@ -40,30 +38,12 @@ import subprocess
 import sys
 import time
 
+from ._memory import reset_peak, rss_kib, trim_heap
+
 STEPS = (1_000, 10_000)
 DIM = 1_000
 ADJOINTS = ("recursive", "direct", "backsolve")
 LIBS = ("nde", "diffrax")
-
-
-def rss_kib(field: str = "VmRSS") -> int:
-    """The current (`VmRSS`) or peak (`VmHWM`) resident set size, in KiB."""
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
-
-
-def reset_peak() -> None:
-    """Reset the peak RSS (VmHWM) to the current RSS (Linux: clear_refs = 5)."""
-    pathlib.Path("/proc/self/clear_refs").write_text("5")
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: measure without trimming
-        pass
 
 
 def memory_case(lib_name: str, adjoint_name: str, steps: int) -> dict:
@@ -108,8 +88,7 @@ def memory_case(lib_name: str, adjoint_name: str, steps: int) -> dict:
     grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, y0).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(grad(params, y0))  # first call: allocations settle
-    gc.collect()
-    _malloc_trim()
+    trim_heap()
     before = rss_kib()
     reset_peak()
     start = time.perf_counter()
@@ -159,37 +138,35 @@ def _find(rows, lib, adjoint, steps):
     return None
 
 
+def _check(target: str, a, b, limit: float) -> dict | None:
+    """`a`'s peak over `b`'s against `limit`; None if either case failed."""
+    if not (a and b):
+        return None
+    value = a["peak_mib"] / b["peak_mib"]
+    return dict(target=target, value=value, limit=limit, passed=value <= limit)
+
+
 def targets(rows) -> list[dict]:
-    checks = []
-    for adjoint in ADJOINTS:
-        for n in STEPS:
-            a, b = _find(rows, "nde", adjoint, n), _find(rows, "diffrax", adjoint, n)
-            if a and b:
-                value = a["peak_mib"] / b["peak_mib"]
-                checks.append(
-                    dict(
-                        target=f"peak <= Diffrax ({adjoint}, {n} steps)",
-                        value=value,
-                        limit=1.0,
-                        passed=value <= 1.0,
-                    )
-                )
-    for adjoint in ("recursive", "backsolve"):
-        a, b = (
+    checks = [
+        _check(
+            f"peak <= Diffrax ({adjoint}, {n} steps)",
+            _find(rows, "nde", adjoint, n),
+            _find(rows, "diffrax", adjoint, n),
+            1.0,
+        )
+        for adjoint in ADJOINTS
+        for n in STEPS
+    ]
+    checks += [
+        _check(
+            f"nde peak {STEPS[-1]} / {STEPS[0]} steps <= 2 ({adjoint})",
             _find(rows, "nde", adjoint, STEPS[-1]),
             _find(rows, "nde", adjoint, STEPS[0]),
+            2.0,
         )
-        if a and b:
-            value = a["peak_mib"] / b["peak_mib"]
-            checks.append(
-                dict(
-                    target=f"nde peak {STEPS[-1]} / {STEPS[0]} steps <= 2 ({adjoint})",
-                    value=value,
-                    limit=2.0,
-                    passed=value <= 2.0,
-                )
-            )
-    return checks
+        for adjoint in ("recursive", "backsolve")
+    ]
+    return [c for c in checks if c is not None]
 
 
 def to_markdown(rows, checks) -> str:

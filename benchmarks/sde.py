@@ -36,7 +36,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -53,6 +52,7 @@ import jax.random as jr  # noqa: E402
 import nde  # noqa: E402
 
 from . import _timing  # noqa: E402
+from ._memory import reset_peak, rss_kib  # noqa: E402
 
 BATCH, STATE, NOISE, WIDTH, STEPS = 256, 16, 8, 64, 100
 TOL = 1e-3
@@ -259,25 +259,6 @@ MEMORY_METHODS = ("nde-reversible", "nde-checkpoint", "torchsde-adjoint", "torch
 MEM_BATCH, MEM_STATE, MEM_NOISE = 256, 64, 16
 
 
-def _rss_peak_kib() -> int:
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _rss_kib() -> int:
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak():
-    # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS.
-    pathlib.Path("/proc/self/clear_refs").write_text("5")
-
-
 def memory_case(method: str, steps: int) -> dict:
     """Run in a fresh process: peak RSS of one gradient evaluation."""
     if method.startswith("nde"):
@@ -313,8 +294,8 @@ def memory_case(method: str, steps: int) -> dict:
             return jnp.mean(jax.vmap(one)(y0s, keys) ** 2)
 
         grad = jax.jit(jax.grad(loss)).lower(params, jnp.asarray(0.01, F32)).compile()
-        before = _rss_kib()
-        _reset_peak()
+        before = rss_kib()
+        reset_peak()
         start = time.perf_counter()
         jax.block_until_ready(grad(params, jnp.asarray(1.0 / steps, F32)))
         seconds = time.perf_counter() - start
@@ -353,8 +334,8 @@ def memory_case(method: str, steps: int) -> dict:
             t0=0.0, t1=1.0, size=(MEM_BATCH, MEM_NOISE), tol=TOL / 4, dt=1.0 / steps
         )
         kwargs = dict(bm=bm, method="reversible_heun", dt=1.0 / steps)
-        before = _rss_kib()
-        _reset_peak()
+        before = rss_kib()
+        reset_peak()
         start = time.perf_counter()
         if method == "torchsde-adjoint":
             kwargs["adjoint_method"] = "adjoint_reversible_heun"
@@ -363,7 +344,7 @@ def memory_case(method: str, steps: int) -> dict:
             ys = torchsde.sdeint(sde, y0, ts, **kwargs)
         (ys[-1] ** 2).mean().backward()
         seconds = time.perf_counter() - start
-    peak = _rss_peak_kib()
+    peak = rss_kib("VmHWM")
     return dict(
         method=method,
         steps=steps,
