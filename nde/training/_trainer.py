@@ -363,17 +363,11 @@ class Trainer(Hooks, abc.ABC):
 
     def _evaluate(self, step: int) -> dict[str, float]:
         key = jax.random.fold_in(self._eval_key, step)
-        metrics = host_metrics(self.evaluate(self.model, key=key))
-        return {
-            k if k.startswith("val/") else f"val/{k}": v for k, v in metrics.items()
-        }
+        return _prefixed("val/", host_metrics(self.evaluate(self.model, key=key)))
 
     def _test(self, step: int) -> dict[str, float]:
         key = jax.random.fold_in(jax.random.fold_in(self._eval_key, step), 1)
-        metrics = host_metrics(self.test(self.model, key=key))
-        return {
-            k if k.startswith("test/") else f"test/{k}": v for k, v in metrics.items()
-        }
+        return _prefixed("test/", host_metrics(self.test(self.model, key=key)))
 
     def _meta(self, order, stopper: EarlyStopping) -> dict:
         return {
@@ -385,6 +379,10 @@ class Trainer(Hooks, abc.ABC):
 
     def _hparams(self) -> dict:
         return flatten(to_dict(self.config))
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {k if k.startswith(prefix) else prefix + k: v for k, v in metrics.items()}
 
 
 def _x64(enabled: bool):
