@@ -11,6 +11,7 @@ from ._checkpointer import (
 )
 from ._compilation_cache import enable_compilation_cache as enable_compilation_cache
 from ._config import (
+    BestModelConfig as BestModelConfig,
     Config as Config,
     EarlyStoppingConfig as EarlyStoppingConfig,
     ODEConfig as ODEConfig,

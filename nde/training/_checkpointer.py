@@ -66,11 +66,14 @@ class Checkpointer:
     **Arguments:**
 
     - `directory`: where the step directories go (created if missing).
-    - `max_to_keep`: how many checkpoints to keep (the oldest are deleted).
+    - `max_to_keep`: how many checkpoints to keep (the oldest are deleted); `None`:
+      all.
     - `async_save`: write in a background thread.
     """
 
-    def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(
+        self, directory, *, max_to_keep: int | None = 3, async_save: bool = True
+    ):
         import orbax.checkpoint as ocp
 
         # Orbax reports every save at INFO through absl; keep them out of the run's

@@ -99,6 +99,20 @@ class EarlyStoppingConfig:
 
 
 @dataclasses.dataclass
+class BestModelConfig:
+    """Keep the model of the best evaluation of `monitor` (a metric returned by
+    `evaluate`, e.g. `val/loss`), in memory and in `<run_dir>/best/`; the test at
+    the end of training then runs on it (Lightning's `ModelCheckpoint(monitor=...)`
+    and `trainer.test(ckpt_path="best")`)."""
+
+    monitor: str | None = None  # None: off, the test runs on the last model
+    mode: str = "min"  # min | max
+
+    def __post_init__(self):
+        _check_choice("trainer.best.mode", self.mode, MODES)
+
+
+@dataclasses.dataclass
 class TrainerConfig:
     """The training loop: length, intervals, checkpoints, devices, failure policy."""
 
@@ -113,6 +127,7 @@ class TrainerConfig:
     async_checkpointing: bool = True  # write checkpoints in a background thread
     resume: bool = True  # continue from the run directory's latest checkpoint
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    best: BestModelConfig = field(default_factory=BestModelConfig)  # model selection
     fast_dev_run: int = 0  # N > 0: N steps, one eval and plot, no files written
     x64: bool = False  # train in float64 (jax_enable_x64, within fit only)
     on_nan: str = "stop"  # non-finite loss or gradient: stop | skip the update
@@ -131,6 +146,11 @@ class TrainerConfig:
         _check_positive("trainer.devices", self.devices)
         _check_choice("trainer.on_nan", self.on_nan, ON_NAN)
         _check_choice("trainer.progress", self.progress, PROGRESS)
+        if self.best.monitor is not None and self.eval_every == 0:
+            raise ValueError(
+                f"trainer.best.monitor={self.best.monitor!r} needs evaluations: set "
+                "trainer.eval_every > 0, or trainer.best.monitor=null."
+            )
 
 
 @dataclasses.dataclass

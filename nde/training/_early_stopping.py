@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 from ._config import EarlyStoppingConfig
+from ._monitor import improves, monitored
 
 
 @dataclasses.dataclass
@@ -23,28 +24,15 @@ class EarlyStopping:
         return self.config.monitor is not None
 
     def update(self, metrics: dict[str, float]) -> bool:
-        if not self.enabled:
+        c = self.config
+        if c.monitor is None:
             return False
-        name = self.config.monitor
-        if name not in metrics:
-            raise ValueError(
-                f"trainer.early_stopping.monitor={name!r} is not a metric returned "
-                f"by evaluate; it returned: {', '.join(sorted(metrics)) or 'nothing'}."
-            )
-        value = metrics[name]
-        if self._improved(value):
+        value = monitored("trainer.early_stopping.monitor", c.monitor, metrics)
+        if improves(value, self.best, c.mode, c.min_delta):
             self.best, self.bad_evals = value, 0
         else:
             self.bad_evals += 1
-        return self.bad_evals >= self.config.patience
-
-    def _improved(self, value: float) -> bool:
-        if math.isnan(self.best):
-            return math.isfinite(value)
-        delta = self.config.min_delta
-        if self.config.mode == "min":
-            return value < self.best - delta
-        return value > self.best + delta
+        return self.bad_evals >= c.patience
 
     def state_dict(self) -> dict:
         return {

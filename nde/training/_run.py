@@ -2,8 +2,10 @@
 
 Per step: next batch -> jitted train step (state donated) -> `on_step_end`. Only at
 intervals: pull the accumulated metrics to the host and log them (`log_every`),
-evaluate (`eval_every`), plot (`plot_every`), checkpoint (`checkpoint_every`). The
-non-finite check reads one scalar of the state at those same points.
+evaluate (`eval_every`; the best model by `trainer.best.monitor` is kept then), plot
+(`plot_every`), checkpoint (`checkpoint_every`). The non-finite check reads one
+scalar of the state at those same points. At the end: `test`, on the best model when
+one is tracked.
 """
 
 import contextlib
@@ -14,6 +16,7 @@ import time
 import jax
 import numpy as np
 
+from ._best_model import BestModel
 from ._checkpointer import Checkpointer
 from ._config import flatten, to_dict
 from ._early_stopping import EarlyStopping
@@ -64,8 +67,9 @@ class Run:
         self.main_process = jax.process_index() == 0
         self.ckpt: Checkpointer | None = None
         self.logger: Logger | None = None
-        # Replaced in `_open`; silent until then.
+        # Replaced in `_open`; silent, and writing nothing, until then.
         self.progress = Progress(self.total, mode="none")
+        self.best = BestModel(self.tc.best)
 
     def __enter__(self):
         try:
@@ -80,6 +84,12 @@ class Run:
         template, init = tr._setup()
         self.order = tr._batch_order()
         self.stopper = EarlyStopping(tc.early_stopping)
+        self.best = tr._best = BestModel(
+            tc.best,
+            None if self.dev_run else tr.run_dir / "best",
+            max_to_keep=tc.max_to_keep,
+            async_save=tc.async_checkpointing,
+        )
         self.start = 0
         if not self.dev_run:
             self.ckpt = Checkpointer(
@@ -102,7 +112,7 @@ class Run:
 
     def __exit__(self, *exc):
         self.progress.close()
-        for closable in (self.ckpt, self.logger):
+        for closable in (self.ckpt, self.best, self.logger):
             if closable is not None:
                 closable.close()
         return False
@@ -120,6 +130,7 @@ class Run:
         if self.order is not None and meta.get("data_order"):
             self.order.load_state_dict(meta["data_order"])
         self.stopper.load_state_dict(meta.get("early_stopping", {}))
+        self.best.restore(meta.get("best_model", {}), template.model, self.start)
         log.info("Resumed from step %d (%s)", self.start, ckpt.path(self.start))
         _log_config_changes(meta.get("config", {}), to_dict(self.tr.config))
 
@@ -213,10 +224,10 @@ class Run:
 
     def _eval(self, step: int) -> None:
         metrics = self.tr._evaluate(step)
-        if not metrics:
-            return
-        self._log(step, metrics)
-        self.tr.on_eval_end(step, metrics)
+        if metrics:
+            self._log(step, metrics)
+            self.tr.on_eval_end(step, metrics)
+        self.best.update(step, metrics, self.tr.model)
         if self.stopper.update(metrics):
             self.progress.message(
                 f"Early stopping at step {step}: {self.stopper.config.monitor} has "
@@ -245,7 +256,7 @@ class Run:
         if self.ckpt is None or step == self.last_saved:
             return
         self._check_finite(step)
-        meta = self.tr._meta(self.order, self.stopper)
+        meta = self.tr._meta(self.order, self.stopper, self.best)
         self.ckpt.save(step, self.tr.state, meta)
         self.last_saved = step
 
@@ -295,7 +306,7 @@ class Run:
             self._plot(step)
         if self.ckpt is not None:
             self.ckpt.wait()
-        test = tr._test(step)
+        test = tr._test(step, self._test_model())
         if test:
             self._log(step, test)
         if self.logger is not None:
@@ -309,6 +320,23 @@ class Run:
         where = "" if self.dev_run else f" | {tr.run_dir}"
         self.progress.message(f"Finished at step {step} | {summary}{where}")
         tr.on_train_end(tr.state)
+
+    def _test_model(self):
+        """The best model when one is tracked (and found), else the last."""
+        best, name = self.best, self.tc.best.monitor
+        if name is None:
+            return self.tr.model
+        if best.model is None:
+            self.progress.message(
+                f"trainer.best.monitor={name!r} never had a finite value: testing "
+                "the last model."
+            )
+            return self.tr.model
+        self.progress.message(
+            f"Best model by {name}: step {best.step} ({name} {best.value:.4g}); "
+            "the test runs on it."
+        )
+        return best.model
 
 
 def _log_config_changes(saved: dict, current: dict) -> None:

@@ -17,6 +17,7 @@ import jax
 import jax.tree_util as jtu
 import optax
 
+from ._best_model import BestModel
 from ._compilation_cache import enable_compilation_cache
 from ._config import Config, flatten, to_dict
 from ._data import BatchOrder, Dataset, num_train
@@ -63,7 +64,9 @@ class Trainer(Hooks, abc.ABC):
 
     After `fit`: `trainer.model` (the trained model), `trainer.state` (the whole
     `TrainState`), `trainer.history` (every logged `{"step": ..., name: value}`),
-    `trainer.num_compiles` (how often the train step was compiled: 1).
+    `trainer.num_compiles` (how often the train step was compiled: 1), and with
+    `trainer.best.monitor` set, `trainer.best_model` and `trainer.best_step` (the
+    model of the best evaluation, which `test` ran on).
     """
 
     config_class: ClassVar[type[Config]] = Config
@@ -86,6 +89,7 @@ class Trainer(Hooks, abc.ABC):
         self.num_compiles = 0
         self.should_stop = False
         self._parallel: DataParallel | None = None
+        self._best: BestModel | None = None
         self.optimizer: optax.GradientTransformation | None = None
 
     # ---- the research part: what a subclass writes -------------------------------
@@ -193,6 +197,11 @@ class Trainer(Hooks, abc.ABC):
         evaluation) and logged with the prefix `test/` to TensorBoard,
         `metrics.jsonl` and the hparams summary. Default: none.
 
+        `model` is the last model, or with `trainer.best.monitor` set, the model of
+        the best evaluation (`best_model`; the last one if no evaluation gave a
+        finite value). Test on data that `evaluate` does not see: the model was
+        selected on those.
+
         **Example override:**
 
             def test(self, model, *, key):
@@ -275,11 +284,24 @@ class Trainer(Hooks, abc.ABC):
         """The model of the current train state."""
         return None if self.state is None else self.state.model
 
+    @property
+    def best_model(self):
+        """The model of the best evaluation so far by `trainer.best.monitor` (a copy,
+        also saved in `<run_dir>/best/`), or `None` when none is tracked (or no
+        evaluation gave a finite value yet)."""
+        return None if self._best is None else self._best.model
+
+    @property
+    def best_step(self) -> int | None:
+        """The step of `best_model`, or `None`."""
+        return None if self._best is None else self._best.step
+
     # ---- the engineering part ---------------------------------------------------
 
     def fit(self) -> eqx.Module:
         """Train for `config.trainer.steps` steps (resuming from the run directory's
-        latest checkpoint if there is one); return the trained model.
+        latest checkpoint if there is one); return the trained model: the last one,
+        also with `trainer.best.monitor` set (then the test ran on `best_model`).
 
         Raises `NonFiniteLossError` when the loss or gradient becomes NaN/inf and
         `trainer.on_nan="stop"`.
@@ -365,14 +387,15 @@ class Trainer(Hooks, abc.ABC):
         key = jax.random.fold_in(self._eval_key, step)
         return _prefixed("val/", host_metrics(self.evaluate(self.model, key=key)))
 
-    def _test(self, step: int) -> dict[str, float]:
+    def _test(self, step: int, model) -> dict[str, float]:
         key = jax.random.fold_in(jax.random.fold_in(self._eval_key, step), 1)
-        return _prefixed("test/", host_metrics(self.test(self.model, key=key)))
+        return _prefixed("test/", host_metrics(self.test(model, key=key)))
 
-    def _meta(self, order, stopper: EarlyStopping) -> dict:
+    def _meta(self, order, stopper: EarlyStopping, best: BestModel) -> dict:
         return {
             "data_order": None if order is None else order.state_dict(),
             "early_stopping": stopper.state_dict(),
+            "best_model": best.on_checkpoint(),
             "config": to_dict(self.config),
             "trainer_class": f"{type(self).__module__}.{type(self).__qualname__}",
         }

@@ -96,6 +96,7 @@ ERRORS = [
     # ours, in the dataclasses and the name tables:
     ("trainer.on_nan=maybe", "trainer.on_nan='maybe' is not one of 'stop', 'skip'"),
     ("optimizer.name=sgd", "optimizer.name='sgd' is not one of 'adam'"),
+    ("trainer.best.mode=up", "trainer.best.mode='up' is not one of 'min', 'max'"),
     ("solver=rk99", "Unknown solver 'rk99'. Available: euler, heun"),
     ("adjoint=backsolv", "Unknown adjoint 'backsolv'. Available:"),
 ]
