@@ -23,6 +23,8 @@ reversal (the identity, whose backward pass negates the cotangent), so descendin
 the loss is simultaneous gradient descent (generator) - ascent (discriminator).
 What is evaluated and plotted is an exponential moving average of the
 generator's weights over the steps: the last iterate of the game oscillates.
+So does the average, more slowly: the model tested at the end is the one of the
+best evaluation (`trainer.best.monitor=val/moment_err`), on held-out test paths.
 The discriminator is kept Lipschitz by clipping its weights after every update
 (Arjovsky, Chintala & Bottou, "Wasserstein GAN", ICML 2017), with the bound per
 layer and the 1-Lipschitz LipSwish activation chosen so that each layer is
@@ -35,8 +37,12 @@ accurate gradients for neural SDEs", NeurIPS 2021).
 Logged: `val/loss` (the Wasserstein estimate on the validation paths),
 `val/mean_err` and `val/std_err` (the largest relative error of the generated
 marginal mean and standard deviation at 5 evaluation times, from `eval_samples`
-generated paths against the validation paths), and a plot of generated against
-real paths.
+generated paths against the validation paths), `val/moment_err` (the larger of the
+two: what selects the best model), and a plot of generated against real paths. At
+the end, `test/mean_err`, `test/std_err` and `test/moment_err`: the same errors of
+the best model (by `val/moment_err`; its step is in the log) against `num_test`
+held-out paths, with fresh generator noise. Those are the figures to report: the
+validation errors of the selected model are biased low by the selection.
 
 Reference: P. Kidger, J. Foster, X. Li, H. Oberhauser, T. Lyons, "Neural SDEs as
 Infinite-Dimensional GANs", ICML 2021.
@@ -55,6 +61,7 @@ import optax
 
 import nde
 from nde.training import (
+    BestModelConfig,
     Config,
     Dataset,
     ODEConfig,
@@ -67,7 +74,8 @@ from nde.training import (
 @dataclasses.dataclass
 class DataConfig:
     num_series: int = 8192  # training paths
-    num_val: int = 4096  # validation paths: val/loss and the reference moments
+    num_val: int = 4096  # validation paths: val/loss and the moments for selection
+    num_test: int = 4096  # held-out paths: the test moments of the selected model
     length: int = 33  # observation times, evenly spaced on [0, t1]
     t1: float = 2.0  # paths cover [0, t1]
     mu: float = 4.0  # drift mu t - theta x: the mean is pushed up linearly in time
@@ -96,7 +104,7 @@ class GANConfig:
     # unit's slope in any one input is at most 1 / fan-in: the discriminator is
     # then nearly linear in the path and sees the mean but not the spread.
     clip_scale: float = 4.0
-    eval_samples: int = 4096  # generated paths for val/mean_err and val/std_err
+    eval_samples: int = 4096  # generated paths for the val/ and test/ moment errors
     eval_times: int = 5  # evenly spaced data times at which the moments are compared
     average_decay: float = 0.998  # EMA of the generator evaluated; 0: last iterate
 
@@ -116,8 +124,11 @@ class NeuralSDEConfig(Config):
             steps=3000,
             batch_size=128,
             log_every=100,
-            eval_every=500,
+            # Often: the game oscillates, and the evaluations are the candidates
+            # for the model tested at the end.
+            eval_every=100,
             checkpoint_every=500,
+            best=BestModelConfig(monitor="val/moment_err"),
         )
     )
     optimizer: OptimizerConfig = field(
@@ -351,11 +362,16 @@ class NeuralSDE(nde.Trainer):
     def make_data(self, *, key):
         d = self.config.data
         rng = np.random.default_rng(int(jr.randint(key, (), 0, 2**31 - 1)))
-        n = d.num_series + d.num_val
-        x0s = rng.uniform(d.x0_low, d.x0_high, n)
-        ys = simulate(x0s, np.linspace(0.0, d.t1, d.length), d, rng)
-        ys = ys.astype(jnp.result_type(float))  # float32 unless x64
-        return Dataset(train=ys[: d.num_series], val=ys[d.num_series :])
+        ts = np.linspace(0.0, d.t1, d.length)
+        dtype = jnp.result_type(float)  # float32 unless x64
+
+        def paths(n):
+            return simulate(rng.uniform(d.x0_low, d.x0_high, n), ts, d, rng)
+
+        ys = paths(d.num_series + d.num_val).astype(dtype)
+        test = paths(d.num_test).astype(dtype)  # drawn after: train, val unchanged
+        train, val = ys[: d.num_series], ys[d.num_series :]
+        return Dataset(train=train, val=val, extra={"test": test})
 
     def make_optimizer(self):
         steps, opt = self.config.trainer.steps, self.config.optimizer
@@ -410,17 +426,37 @@ class NeuralSDE(nde.Trainer):
     def _generate(self):
         return eqx.filter_jit(self.generate_batch)
 
+    def moment_errors(self, generator, real, *, key) -> dict[str, float]:
+        """The largest relative errors of the marginal mean and std of
+        `gan.eval_samples` paths of `generator` against `real` at `gan.eval_times`
+        times, and the larger of the two (`moment_err`)."""
+        g = self.config.gan
+        fake = self._generate(generator, g.eval_samples, key=key)
+        indices = np.linspace(0, self.config.data.length - 1, g.eval_times)
+        mean_err, std_err = max_relative_error(fake, real, indices.round().astype(int))
+        return {
+            "mean_err": mean_err,
+            "std_err": std_err,
+            "moment_err": max(mean_err, std_err),
+        }
+
     def evaluate(self, model, *, key):
-        """The loss and the moment errors of the averaged generator."""
+        """The loss and the moment errors of the averaged generator against the
+        validation paths."""
         averaged = eqx.tree_at(lambda m: m.generator, model, model.average)
         metrics = super().evaluate(averaged, key=key)
-        g = self.config.gan
-        fake = self._generate(model.average, g.eval_samples, key=jr.fold_in(key, 1))
-        indices = np.linspace(0, self.config.data.length - 1, g.eval_times)
-        mean_err, std_err = max_relative_error(
-            fake, self.data.val, indices.round().astype(int)
+        errors = self.moment_errors(
+            model.average, self.data.val, key=jr.fold_in(key, 1)
         )
-        return {**metrics, "mean_err": mean_err, "std_err": std_err}
+        return {**metrics, **errors}
+
+    def test(self, model, *, key):
+        """The moment errors of the averaged generator of `model` (the best by
+        `val/moment_err`) against the held-out test paths."""
+        # `key` is the one the last evaluation folded with 1 to generate: fold it
+        # again, for noise that no evaluation used.
+        key = jr.fold_in(key, 1)
+        return self.moment_errors(model.average, self.data.extra["test"], key=key)
 
     def plot(self, model):
         from matplotlib.figure import Figure
@@ -443,6 +479,7 @@ RECIPE = NeuralSDE
 SMOKE_OVERRIDES = [
     "data.num_series=64",
     "data.num_val=32",
+    "data.num_test=32",
     "data.length=9",
     "ode.dt0=0.25",
     "trainer.batch_size=16",

@@ -180,3 +180,21 @@ def test_default_config_is_consistent():
     # The generator steps land on the data times and stay within max_steps.
     assert steps == c.data.length - 1 and steps < c.ode.max_steps
     assert dataclasses.asdict(c)["gan"]["eval_times"] == 5
+    # The test reports the model selected on validation, on its own paths.
+    assert c.trainer.best.monitor == "val/moment_err" and c.trainer.eval_every > 0
+
+
+def test_held_out_test_paths():
+    trainer = _tiny_trainer()
+    d = dataclasses.replace(trainer.config.data, num_test=6)
+    trainer.config.data = d
+    data = trainer.make_data(key=jr.key(1))
+    test = data.extra["test"]
+    assert test.shape == (6, d.length) and data.val.shape == (4, d.length)
+    # Drawn after the training and validation paths, which stay as they were.
+    without = dataclasses.replace(d, num_test=0)
+    trainer.config.data = without
+    again = trainer.make_data(key=jr.key(1))
+    np.testing.assert_array_equal(again.train, data.train)
+    np.testing.assert_array_equal(again.val, data.val)
+    assert not np.isin(test, np.concatenate([data.train, data.val])[:, 1:]).any()
