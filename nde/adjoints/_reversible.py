@@ -14,6 +14,16 @@ Backward, three phases, each the VJP of the very code the forward pass ran:
    the slots this step wrote receive their cotangents);
 3. `init_state` (the solver's initial state and what is saved at `t0`).
 
+For `ReversibleHeun` the sweep of phase 2 is fused: reconstructing a step's start
+evaluates the vector field there, and that evaluation's linearisation is carried to
+the next step back, where it is the one evaluation the step's VJP needs, so each
+step back costs one evaluation (any other reversible solver: two).
+
+Under `vmap` (one solve per batch element, parameters shared), the sweep runs while
+any element has steps left (an unbatched loop condition, `_unvmap.py`) and sums the
+shared parameters' cotangents over the batch as it goes (`batch_sum_like`), instead
+of adding a `batch x parameters` array at every step.
+
 The gradients are those of the discretised solve (as `RecursiveCheckpointAdjoint`
 computes them), up to the round-off of the reconstruction (Kidger, Foster, Li &
 Lyons, "Efficient and accurate gradients for neural SDEs", NeurIPS 2021).
@@ -28,7 +38,9 @@ import jax.tree_util as jtu
 from .._loop import Problem, State, finalise, init_state, is_running, step
 from .._saveat import SaveAt, SubSaveAt, sub_saveats
 from .._saving import SaveState, save_step
-from ..solvers._reversible_heun import AbstractReversibleSolver
+from .._unvmap import batch_spread, batch_sum_like, unvmap_any
+from ..solvers._local_linear import linear_dense_info
+from ..solvers._reversible_heun import AbstractReversibleSolver, ReversibleHeun
 from ._base import AbstractAdjoint
 
 
@@ -115,15 +127,52 @@ def _solve_bwd(before_final, grad_obj, perturbed, problem):
     ct_p, ct_y = _finalise_vjp(full, p_diff, before_final, ct_saves)
     ct_y = jtu.tree_map(jnp.add, ct_y, ct.y)
     ct_state = (ct_y, ct.solver_state)
-    state_n = (before_final.y, before_final.solver_state)
     step_ts = before_final.saves[-1].ts
-    num_steps = before_final.num_accepted_steps
+
+    def step_times(n):
+        t_n = jnp.where(n == 0, problem.t0, step_ts[jnp.maximum(n - 1, 0)])
+        return t_n, step_ts[n]
+
+    def step_saves_vjp(n, t_n, t_next, y_n, y1):
+        """The VJP of what step `n` saved, with respect to the parameters and the
+        states at both ends."""
+
+        def saves(p_diff, y, y1):
+            q = full(p_diff)
+            dense = linear_dense_info(y, y1)
+            return [
+                _step_saves(sub, save, n, t_n, t_next, y, y1, dense, q.args)
+                for sub, save in zip(subs, before_final.saves, strict=False)
+            ]
+
+        return jax.vjp(saves, p_diff, y_n, y1)[1](ct_saves)
+
+    if type(problem.solver) is ReversibleHeun:
+        ct_state, ct_p = _reversible_heun_sweep(
+            full, p_diff, before_final, ct_state, ct_p, step_times, step_saves_vjp
+        )
+    else:
+        ct_state, ct_p = _generic_sweep(
+            full, p_diff, before_final, ct_state, ct_p, step_times, subs, ct_saves
+        )
+
+    # Cotangents for times are partial, but never used: times are not perturbed.
+    return _add(ct_p, _init_vjp(full, p_diff, ct_state, ct_saves))
+
+
+def _generic_sweep(
+    full, p_diff, before_final, ct_state, ct_p, step_times, subs, ct_saves
+):
+    """The accepted steps, last to first, for any reversible solver: per step,
+    `backward_step`, then the VJP of `step` (which evaluates the step again) and of
+    what it saved."""
+    problem = full(p_diff)
 
     def body(carry):
-        n, state, ct_state, ct_p = carry
-        n = n - 1
-        t_n = jnp.where(n == 0, problem.t0, step_ts[jnp.maximum(n - 1, 0)])
-        t_next = step_ts[n]
+        n, state, ct_state, acc = carry
+        active = n > 0
+        n = jnp.maximum(n - 1, 0)
+        t_n, t_next = step_times(n)
         p = problem
         y_n, ss_n = p.solver.backward_step(
             p.terms, t_n, t_next, state[0], p.args, state[1]
@@ -142,13 +191,126 @@ def _solve_bwd(before_final, grad_obj, perturbed, problem):
 
         _, vjp_fn = jax.vjp(forward, p_diff, y_n, ss_n)
         d_p, ct_y_n, ct_ss_n = vjp_fn((ct_state, ct_saves))
-        return n, (y_n, ss_n), (ct_y_n, ct_ss_n), jtu.tree_map(jnp.add, ct_p, d_p)
+        acc = _accumulate(acc, (d_p,), active, p_diff)
+        new = ((y_n, ss_n), (ct_y_n, ct_ss_n))
+        return n, *_select(active, new, (state, ct_state)), acc
 
-    carry = (num_steps, state_n, ct_state, ct_p)
-    _, _, ct_state, ct_p = lax.while_loop(lambda c: c[0] > 0, body, carry)
+    state = (before_final.y, before_final.solver_state)
+    acc = _zeros_like_cotangent(p_diff)
+    carry = (before_final.num_accepted_steps, state, ct_state, acc)
+    _, _, ct_state, acc = lax.while_loop(_any_left, body, carry)
+    num_steps = before_final.num_accepted_steps
+    return ct_state, _add(ct_p, batch_spread(acc, num_steps))
 
-    # Cotangents for times are partial, but never used: times are not perturbed.
-    return jtu.tree_map(jnp.add, ct_p, _init_vjp(full, p_diff, ct_state, ct_saves))
+
+def _linearised_vf(full, p_diff, t, z):
+    """`v = f(t, z)` and the residuals of its linearisation (a flat list of arrays,
+    so that a loop can carry them to the next step back)."""
+    vf = lambda p_diff, z: full(p_diff).terms.vf(t, z, full(p_diff).args)
+    v, vjp_fn = jax.vjp(vf, p_diff, z)
+    residuals, treedef = jtu.tree_flatten(vjp_fn)
+    return v, residuals, treedef
+
+
+def _reversible_heun_sweep(
+    full, p_diff, before_final, ct_state, ct_p, step_times, step_saves_vjp
+):
+    """The accepted steps of `ReversibleHeun`, last to first, with one vector field
+    evaluation per step.
+
+    The step over `[t0, t1]` with control `c` and `P(v) = prod(v, c)` is
+
+        z1 = 2 y0 - z0 + P(v0),   v1 = f(t1, z1),   y1 = y0 + (P(v0) + P(v1)) / 2.
+
+    Going back, `backward_step` evaluates `v0 = f(t0, z0)` anyway: it is evaluated
+    here under `jax.vjp`, and its linearisation is carried to the next step back,
+    where it is the `v1 = f(t1, z1)` of that step. So the VJP of the step needs no
+    evaluation of its own (the generic sweep evaluates twice per step). The
+    cotangent of `v` that still has to pass through `f` is carried along with it.
+    """
+    problem = full(p_diff)
+    terms = problem.terms
+    (ct_y, (ct_z, ct_v)) = ct_state
+    y, (z, v) = before_final.y, before_final.solver_state
+    n_last = before_final.num_accepted_steps
+    _, t_last = step_times(jnp.maximum(n_last - 1, 0))
+    _, residuals, treedef = _linearised_vf(full, p_diff, t_last, z)
+
+    def prod_vjp(v, control, ct):
+        prod = lambda p_diff, v: full(p_diff).terms.prod(v, control)
+        return jax.vjp(prod, p_diff, v)[1](ct)
+
+    def control_of(n):
+        return terms.contr(*step_times(jnp.maximum(n, 0)))
+
+    def body(carry):
+        n, (y1, z1, v1), (ct_y1, ct_z1, ct_v1), residuals1, control, acc = carry
+        active = n > 0
+        n = jnp.maximum(n - 1, 0)
+        t0, t1 = step_times(n)
+        # Back: the state at t0 (as `ReversibleHeun.backward_step`).
+        p1 = terms.prod(v1, control)
+        z0 = jtu.tree_map(lambda y, z, p: 2 * y - z - p, y1, z1, p1)
+        v0, residuals0, _ = _linearised_vf(full, p_diff, t0, z0)
+        p0 = terms.prod(v0, control)
+        y0 = jtu.tree_map(lambda y, a, b: y - (a + b) / 2, y1, p0, p1)
+        # The VJP of the step and of what it saved.
+        d_p_saves, ct_y0_saves, ct_y1_saves = step_saves_vjp(n, t0, t1, y0, y1)
+        ct_y1 = _add(ct_y1, ct_y1_saves)
+        half = jtu.tree_map(lambda g: g / 2, ct_y1)
+        d_p_prod1, ct_v1_prod = prod_vjp(v1, control, half)
+        ct_v1 = _add(ct_v1, ct_v1_prod)
+        d_p_vf1, ct_z1_vf = jtu.tree_unflatten(treedef, residuals1)(ct_v1)
+        ct_z1 = _add(ct_z1, ct_z1_vf)
+        ct_y0 = jtu.tree_map(lambda a, b, c: a + 2 * b + c, ct_y1, ct_z1, ct_y0_saves)
+        ct_z0 = jtu.tree_map(jnp.negative, ct_z1)
+        ct_p0 = _add(half, ct_z1)
+        d_p_prod0, ct_v0 = prod_vjp(v0, control, ct_p0)
+        d_p = (d_p_saves, d_p_prod1, d_p_vf1, d_p_prod0)
+        acc = _accumulate(acc, d_p, active, p_diff)
+        state, cts = _select(active, ((y0, z0, v0), (ct_y0, ct_z0, ct_v0)), carry[1:3])
+        # The next step's control is carried, not recomputed where it is used:
+        # XLA would otherwise fuse the Brownian tree's walk into each consumer
+        # (e.g. the outer products of the parameter cotangents) and repeat it for
+        # every element of theirs.
+        return n, state, cts, residuals0, control_of(n - 1), acc
+
+    acc = _zeros_like_cotangent(p_diff)
+    control = control_of(n_last - 1)
+    carry = (n_last, (y, z, v), (ct_y, ct_z, ct_v), residuals, control, acc)
+    _, _, (ct_y, ct_z, ct_v), _, _, acc = lax.while_loop(_any_left, body, carry)
+    return (ct_y, (ct_z, ct_v)), _add(ct_p, batch_spread(acc, n_last))
+
+
+def _any_left(carry):
+    # Unbatched under `vmap` (see `_unvmap.py`): the body leaves finished elements
+    # unchanged itself, and the accumulated cotangents of shared parameters stay
+    # unbatched.
+    return unvmap_any(carry[0] > 0)
+
+
+def _select(active, new, old):
+    return jtu.tree_map(lambda a, b: jnp.where(active, a, b), new, old)
+
+
+def _zeros_like_cotangent(p_diff):
+    return jtu.tree_map(jnp.zeros_like, p_diff)
+
+
+def _accumulate(acc, d_ps, active, p_diff):
+    """`acc` plus the sum of the parameter cotangents `d_ps` of one step (of an
+    element still running), summed over the `vmap` batch for parameters shared by
+    the batch (`batch_sum_like`): one parameter-sized addition per step, not one per
+    batch element."""
+    total = d_ps[0]
+    for d_p in d_ps[1:]:
+        total = _add(total, d_p)
+    total = jtu.tree_map(lambda g: jnp.where(active, g, 0), total)
+    return _add(acc, batch_sum_like(total, p_diff))
+
+
+def _add(a, b):
+    return jtu.tree_map(jnp.add, a, b)
 
 
 def _step_saves(sub, save: SaveState, n, t_n, t_next, y, y1, dense, args):
