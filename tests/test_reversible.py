@@ -241,9 +241,8 @@ def _vmapped_grads(params, y0s, adjoint, batched_params, solver=nde.ReversibleHe
     ],
 )
 def test_vmapped_gradients_equal_recursive_checkpoint(batched_params, solver):
-    """Under `vmap`, the backward sweep runs while any element has steps left and
-    sums the shared parameters' cotangents over the batch as it goes
-    (`batch_sum_like`); per-element parameters keep theirs."""
+    """`grad` of a `vmap`: the backward sweep runs while any element has steps
+    left; the shared parameters' cotangents are summed over the batch."""
     y0s = jnp.array([[0.5, -0.3], [2.0, 1.0], [-1.5, 0.2]])
     params = _params()
     if batched_params:
@@ -257,6 +256,39 @@ def test_vmapped_gradients_equal_recursive_checkpoint(batched_params, solver):
     assert len(set(np.asarray(steps).tolist())) > 1, steps  # different step counts
     for a, b in zip(jax.tree.leaves(rev), jax.tree.leaves(ref), strict=True):
         assert a.shape == b.shape
+        np.testing.assert_allclose(
+            a, b, rtol=ROUND_OFF, atol=ROUND_OFF * np.abs(b).max()
+        )
+
+
+@ft.partial(jax.jit, static_argnums=1)
+def _per_element_grads(y0s, adjoint):
+    """`vmap` of `grad`: one gradient of the shared parameters per element."""
+
+    def loss(params, y0):
+        sol = nde.diffeqsolve(
+            _terms(*params, sde=True),
+            nde.ReversibleHeun(),
+            0.0,
+            1.0,
+            0.05,
+            y0,
+            jnp.array(1.2),
+            stepsize_controller=nde.PIDController(rtol=1e-2, atol=1e-2),
+            adjoint=adjoint,
+            max_steps=256,
+        )
+        return jnp.sum(jnp.sin(sol.ys[-1]))
+
+    return jax.vmap(jax.grad(loss), in_axes=(None, 0))(_params(), y0s)
+
+
+def test_vmap_of_gradients_equal_recursive_checkpoint():
+    y0s = jnp.array([[0.5, -0.3], [2.0, 1.0], [-1.5, 0.2]])
+    rev = _per_element_grads(y0s, nde.ReversibleAdjoint())
+    ref = _per_element_grads(y0s, nde.RecursiveCheckpointAdjoint())
+    for a, b in zip(jax.tree.leaves(rev), jax.tree.leaves(ref), strict=True):
+        assert a.shape == b.shape == (3,) + b.shape[1:]
         np.testing.assert_allclose(
             a, b, rtol=ROUND_OFF, atol=ROUND_OFF * np.abs(b).max()
         )

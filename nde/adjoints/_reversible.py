@@ -19,10 +19,8 @@ evaluates the vector field there, and that evaluation's linearisation is carried
 the next step back, where it is the one evaluation the step's VJP needs, so each
 step back costs one evaluation (any other reversible solver: two).
 
-Under `vmap` (one solve per batch element, parameters shared), the sweep runs while
-any element has steps left (an unbatched loop condition, `_unvmap.py`) and sums the
-shared parameters' cotangents over the batch as it goes (`batch_sum_like`), instead
-of adding a `batch x parameters` array at every step.
+Under `vmap` the sweep runs while any element has steps left (an unbatched loop
+condition, `_unvmap.py`), each element's carry unchanged once it has none.
 
 The gradients are those of the discretised solve (as `RecursiveCheckpointAdjoint`
 computes them), up to the round-off of the reconstruction (Kidger, Foster, Li &
@@ -38,7 +36,7 @@ import jax.tree_util as jtu
 from .._loop import Problem, State, finalise, init_state, is_running, step
 from .._saveat import SaveAt, SubSaveAt, sub_saveats
 from .._saving import SaveState, save_step
-from .._unvmap import batch_spread, batch_sum_like, unvmap_any
+from .._unvmap import unvmap_any
 from ..solvers._local_linear import linear_dense_info
 from ..solvers._reversible_heun import AbstractReversibleSolver, ReversibleHeun
 from ._base import AbstractAdjoint
@@ -191,7 +189,7 @@ def _generic_sweep(
 
         _, vjp_fn = jax.vjp(forward, p_diff, y_n, ss_n)
         d_p, ct_y_n, ct_ss_n = vjp_fn((ct_state, ct_saves))
-        acc = _accumulate(acc, (d_p,), active, p_diff)
+        acc = _accumulate(acc, (d_p,), active)
         new = ((y_n, ss_n), (ct_y_n, ct_ss_n))
         return n, *_select(active, new, (state, ct_state)), acc
 
@@ -199,8 +197,7 @@ def _generic_sweep(
     acc = _zeros_like_cotangent(p_diff)
     carry = (before_final.num_accepted_steps, state, ct_state, acc)
     _, _, ct_state, acc = lax.while_loop(_any_left, body, carry)
-    num_steps = before_final.num_accepted_steps
-    return ct_state, _add(ct_p, batch_spread(acc, num_steps))
+    return ct_state, _add(ct_p, acc)
 
 
 def _linearised_vf(full, p_diff, t, z):
@@ -267,7 +264,7 @@ def _reversible_heun_sweep(
         ct_p0 = _add(half, ct_z1)
         d_p_prod0, ct_v0 = prod_vjp(v0, control, ct_p0)
         d_p = (d_p_saves, d_p_prod1, d_p_vf1, d_p_prod0)
-        acc = _accumulate(acc, d_p, active, p_diff)
+        acc = _accumulate(acc, d_p, active)
         state, cts = _select(active, ((y0, z0, v0), (ct_y0, ct_z0, ct_v0)), carry[1:3])
         # The next step's control is carried, not recomputed where it is used:
         # XLA would otherwise fuse the Brownian tree's walk into each consumer
@@ -279,13 +276,12 @@ def _reversible_heun_sweep(
     control = control_of(n_last - 1)
     carry = (n_last, (y, z, v), (ct_y, ct_z, ct_v), residuals, control, acc)
     _, _, (ct_y, ct_z, ct_v), _, _, acc = lax.while_loop(_any_left, body, carry)
-    return (ct_y, (ct_z, ct_v)), _add(ct_p, batch_spread(acc, n_last))
+    return (ct_y, (ct_z, ct_v)), _add(ct_p, acc)
 
 
 def _any_left(carry):
     # Unbatched under `vmap` (see `_unvmap.py`): the body leaves finished elements
-    # unchanged itself, and the accumulated cotangents of shared parameters stay
-    # unbatched.
+    # unchanged itself, and the carried linearisations need no select.
     return unvmap_any(carry[0] > 0)
 
 
@@ -297,16 +293,17 @@ def _zeros_like_cotangent(p_diff):
     return jtu.tree_map(jnp.zeros_like, p_diff)
 
 
-def _accumulate(acc, d_ps, active, p_diff):
-    """`acc` plus the sum of the parameter cotangents `d_ps` of one step (of an
-    element still running), summed over the `vmap` batch for parameters shared by
-    the batch (`batch_sum_like`): one parameter-sized addition per step, not one per
-    batch element."""
+def _accumulate(acc, d_ps, active):
+    """`acc` plus the parameter cotangents `d_ps` of one step, if the element is
+    still running.
+
+    (Under `vmap` these are per element even for parameters shared by the batch:
+    whether JAX sums them at the end depends on whether `vmap` is inside `grad` or
+    outside it, which the backward pass cannot tell.)"""
     total = d_ps[0]
     for d_p in d_ps[1:]:
         total = _add(total, d_p)
-    total = jtu.tree_map(lambda g: jnp.where(active, g, 0), total)
-    return _add(acc, batch_sum_like(total, p_diff))
+    return _add(acc, jtu.tree_map(lambda g: jnp.where(active, g, 0), total))
 
 
 def _add(a, b):
