@@ -17,7 +17,11 @@ cases is the mean of `y(1)**2`, differentiated with respect to both networks.
 | `revheun_grad` | + ReversibleAdjoint | + RecursiveCheckpointAdjoint (Diffrax has no reversible adjoint) | `sdeint_adjoint(adjoint_method="adjoint_reversible_heun")` |
 
 `revheun_grad` also times `nde[checkpoint]` (ReversibleHeun + RecursiveCheckpointAdjoint,
-the same algorithm as Diffrax's). Each JAX contestant is one `jax.jit`; per-call
+the same algorithm as Diffrax's). Every case also times two references: `nde[unsafe]`,
+nde with an `UnsafeBrownianPath` (one normal draw per step, no tree), and `scan`, a
+hand-written `lax.scan` loop of the same recurrence with the same one-draw-per-step
+noise (gradients: reverse mode through the scan, storing every step) -- the floor
+for any JAX implementation, and what separates the tree's cost from the loop's. Each JAX contestant is one `jax.jit`; per-call
 times are medians, round-robin over the contestants (`_timing.per_call_times`).
 
 Memory (`--memory`): one subprocess per (method, number of steps), so that each
@@ -46,6 +50,7 @@ jax.config.update("jax_enable_x64", True)
 
 import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
+import jax.lax as lax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
@@ -105,19 +110,68 @@ def jax_solve(lib, solver, adjoint, params, y0, key, steps=STEPS, noise=NOISE):
     return sol.ys[0]
 
 
-def jax_contestant(lib, solver, adjoint, grad: bool, static):
-    """A `jax.jit` function of `(arrays of the params, y0s, keys)`; the non-array
-    parts of the params (activation functions) are closed over."""
+def scan_solve(euler: bool, params, y0, key, steps=STEPS, noise=NOISE):
+    """The floor: the same SDE as a hand-written `lax.scan` loop with the cheapest
+    replayable noise (one `jr.normal` per step, keyed by the step index) instead of
+    a Brownian tree; Euler-Maruyama or the reversible Heun recurrence."""
+    drift, diffusion = params
+    dt = jnp.asarray(1.0 / steps, F32)
+    t = lambda k: k.astype(F32) * dt
+    dw = lambda k: jnp.sqrt(dt) * jr.normal(jr.fold_in(key, k), (noise,), F32)
+    field = lambda k, y: (drift(t(k), y, None), diffusion(t(k), y, None))
+    prod = lambda v, w: v[0] * dt + v[1] @ w
+
+    if euler:
+
+        def step(y, k):
+            return y + prod(field(k, y), dw(k)), None
+
+        return lax.scan(step, y0, jnp.arange(steps))[0]
+
+    def step(carry, k):
+        y, z, v = carry
+        w = dw(k)
+        p0 = prod(v, w)
+        z1 = 2 * y - z + p0
+        v1 = field(k + 1, z1)
+        return (y + (p0 + prod(v1, w)) / 2, z1, v1), None
+
+    carry = (y0, y0, field(jnp.asarray(0), y0))
+    return lax.scan(step, carry, jnp.arange(steps))[0][0]
+
+
+def unsafe_solve(lib, solver, adjoint, params, y0, key, steps=STEPS, noise=NOISE):
+    """`jax_solve` with an `UnsafeBrownianPath` (one draw per step, like the scan's
+    noise) instead of the tree: the solver loop's cost without the tree's."""
+    drift, diffusion = params
+    t0, t1 = jnp.asarray(0.0, F32), jnp.asarray(1.0, F32)
+    bm = lib.UnsafeBrownianPath(jax.ShapeDtypeStruct((noise,), F32), key)
+    terms = lib.MultiTerm(lib.ODETerm(drift), lib.ControlTerm(diffusion, bm))
+    sol = lib.diffeqsolve(
+        terms, solver, t0, t1, t1 / steps, y0, adjoint=adjoint, max_steps=4 * STEPS
+    )
+    return sol.ys[0]
+
+
+def batched(solve, grad: bool, static):
+    """A `jax.jit` function of `(arrays of the params, y0s, keys)` that `vmap`s
+    `solve(params, y0, key)` over the batch (or its gradient)."""
 
     def forward(dynamic, y0s, keys):
         params = eqx.combine(dynamic, static)
-        solve = lambda y0, k: jax_solve(lib, solver, adjoint, params, y0, k)
-        return jax.vmap(solve)(y0s, keys)
+        return jax.vmap(lambda y0, k: solve(params, y0, k))(y0s, keys)
 
     if not grad:
         return jax.jit(forward)
     loss = lambda dynamic, y0s, keys: jnp.mean(forward(dynamic, y0s, keys) ** 2)
     return jax.jit(jax.grad(loss))
+
+
+def jax_contestant(lib, solver, adjoint, grad: bool, static):
+    """A `jax.jit` function of `(arrays of the params, y0s, keys)`; the non-array
+    parts of the params (activation functions) are closed over."""
+    solve = lambda params, y0, k: jax_solve(lib, solver, adjoint, params, y0, k)
+    return batched(solve, grad, static)
 
 
 def contestants(case: str):
@@ -148,6 +202,12 @@ def contestants(case: str):
             adjoint = lib.RecursiveCheckpointAdjoint()
         fn = jax_contestant(lib, solver, adjoint, grad, static)
         out[name] = (fn, (dynamic, y0s, keys))
+    nde_solver, nde_adjoint = pairs["nde"][1], pairs["nde"][2]
+    nde_adjoint = nde_adjoint or nde.RecursiveCheckpointAdjoint()
+    unsafe = lambda p, y0, k: unsafe_solve(nde, nde_solver, nde_adjoint, p, y0, k)
+    out["nde[unsafe]"] = (batched(unsafe, grad, static), (dynamic, y0s, keys))
+    scan = lambda p, y0, k: scan_solve(euler, p, y0, k)
+    out["scan"] = (batched(scan, grad, static), (dynamic, y0s, keys))
     return out
 
 
@@ -426,7 +486,7 @@ def environment() -> dict:
 
 def to_markdown(results, checks, memory, env) -> str:
     lines = ["## Neural SDE (batch 256, 100 steps): per call, ms (median)", ""]
-    names = ["nde", "nde[checkpoint]", "diffrax", "torchsde"]
+    names = ["nde", "nde[checkpoint]", "diffrax", "torchsde", "nde[unsafe]", "scan"]
     lines.append("| case | " + " | ".join(names) + " | nde/Diffrax | torchsde/nde |")
     lines.append("|---" * (len(names) + 3) + "|")
     for r in results:
