@@ -108,7 +108,7 @@ class GANConfig:
     eval_times: int = 5  # evenly spaced data times at which the moments are compared
     # EMA of the generator evaluated; 0: the last iterate. Over about 1 / (1 -
     # decay) = 200 steps: a longer average (0.998) lags behind the generator and
-    # never got the std error below 10.6% in a 3,000-step run.
+    # never got the validation std error below 10.6% in a 3,000-step run.
     average_decay: float = 0.995
 
 
