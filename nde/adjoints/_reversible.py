@@ -200,13 +200,12 @@ def _generic_sweep(
     return ct_state, _add(ct_p, acc)
 
 
-def _linearised_vf(full, p_diff, t, z):
-    """`v = f(t, z)` and the residuals of its linearisation (a flat list of arrays,
-    so that a loop can carry them to the next step back)."""
-    vf = lambda p_diff, z: full(p_diff).terms.vf(t, z, full(p_diff).args)
-    v, vjp_fn = jax.vjp(vf, p_diff, z)
+def _linearised(fn, *primals):
+    """`fn(*primals)` and the residuals of its linearisation, as a flat list of
+    arrays (which a loop can carry to the next step back) and their treedef."""
+    out, vjp_fn = jax.vjp(fn, *primals)
     residuals, treedef = jtu.tree_flatten(vjp_fn)
-    return v, residuals, treedef
+    return out, residuals, treedef
 
 
 def _reversible_heun_sweep(
@@ -224,58 +223,70 @@ def _reversible_heun_sweep(
     where it is the `v1 = f(t1, z1)` of that step. So the VJP of the step needs no
     evaluation of its own (the generic sweep evaluates twice per step). The
     cotangent of `v` that still has to pass through `f` is carried along with it.
+
+    The control `c` of the next step back is computed (under `jax.vjp`: it may
+    depend on parameters, e.g. a CDE's data path) at the end of each step and
+    carried too: used where it is computed, XLA would fuse a Brownian tree's walk
+    into each consumer (e.g. the outer products of the parameter cotangents) and
+    repeat it for every element of theirs.
     """
     problem = full(p_diff)
     terms = problem.terms
     (ct_y, (ct_z, ct_v)) = ct_state
     y, (z, v) = before_final.y, before_final.solver_state
     n_last = before_final.num_accepted_steps
-    _, t_last = step_times(jnp.maximum(n_last - 1, 0))
-    _, residuals, treedef = _linearised_vf(full, p_diff, t_last, z)
 
-    def prod_vjp(v, control, ct):
-        prod = lambda p_diff, v: full(p_diff).terms.prod(v, control)
-        return jax.vjp(prod, p_diff, v)[1](ct)
+    def vf(t):
+        return lambda p_diff, z: full(p_diff).terms.vf(t, z, full(p_diff).args)
 
     def control_of(n):
-        return terms.contr(*step_times(jnp.maximum(n, 0)))
+        times = step_times(jnp.maximum(n, 0))
+        return _linearised(lambda p_diff: full(p_diff).terms.contr(*times), p_diff)
+
+    def prod_vjp(v, control, ct):
+        prod = lambda p_diff, v, c: full(p_diff).terms.prod(v, c)
+        return jax.vjp(prod, p_diff, v, control)[1](ct)
+
+    _, t_last = step_times(jnp.maximum(n_last - 1, 0))
+    _, vf_residuals, vf_treedef = _linearised(vf(t_last), p_diff, z)
+    control, c_residuals, c_treedef = control_of(n_last - 1)
 
     def body(carry):
-        n, (y1, z1, v1), (ct_y1, ct_z1, ct_v1), residuals1, control, acc = carry
+        n, (y1, z1, v1), (ct_y1, ct_z1, ct_v1), linear1, acc = carry
+        vf_residuals1, control, c_residuals = linear1
         active = n > 0
         n = jnp.maximum(n - 1, 0)
         t0, t1 = step_times(n)
         # Back: the state at t0 (as `ReversibleHeun.backward_step`).
         p1 = terms.prod(v1, control)
         z0 = jtu.tree_map(lambda y, z, p: 2 * y - z - p, y1, z1, p1)
-        v0, residuals0, _ = _linearised_vf(full, p_diff, t0, z0)
+        v0, vf_residuals0, _ = _linearised(vf(t0), p_diff, z0)
         p0 = terms.prod(v0, control)
         y0 = jtu.tree_map(lambda y, a, b: y - (a + b) / 2, y1, p0, p1)
         # The VJP of the step and of what it saved.
         d_p_saves, ct_y0_saves, ct_y1_saves = step_saves_vjp(n, t0, t1, y0, y1)
         ct_y1 = _add(ct_y1, ct_y1_saves)
         half = jtu.tree_map(lambda g: g / 2, ct_y1)
-        d_p_prod1, ct_v1_prod = prod_vjp(v1, control, half)
+        d_p_prod1, ct_v1_prod, ct_c1 = prod_vjp(v1, control, half)
         ct_v1 = _add(ct_v1, ct_v1_prod)
-        d_p_vf1, ct_z1_vf = jtu.tree_unflatten(treedef, residuals1)(ct_v1)
+        vf_vjp1 = jtu.tree_unflatten(vf_treedef, vf_residuals1)
+        d_p_vf1, ct_z1_vf = vf_vjp1(ct_v1)
         ct_z1 = _add(ct_z1, ct_z1_vf)
         ct_y0 = jtu.tree_map(lambda a, b, c: a + 2 * b + c, ct_y1, ct_z1, ct_y0_saves)
         ct_z0 = jtu.tree_map(jnp.negative, ct_z1)
         ct_p0 = _add(half, ct_z1)
-        d_p_prod0, ct_v0 = prod_vjp(v0, control, ct_p0)
-        d_p = (d_p_saves, d_p_prod1, d_p_vf1, d_p_prod0)
+        d_p_prod0, ct_v0, ct_c0 = prod_vjp(v0, control, ct_p0)
+        (d_p_control,) = jtu.tree_unflatten(c_treedef, c_residuals)(_add(ct_c0, ct_c1))
+        d_p = (d_p_saves, d_p_prod1, d_p_vf1, d_p_prod0, d_p_control)
         acc = _accumulate(acc, d_p, active)
         state, cts = _select(active, ((y0, z0, v0), (ct_y0, ct_z0, ct_v0)), carry[1:3])
-        # The next step's control is carried, not recomputed where it is used:
-        # XLA would otherwise fuse the Brownian tree's walk into each consumer
-        # (e.g. the outer products of the parameter cotangents) and repeat it for
-        # every element of theirs.
-        return n, state, cts, residuals0, control_of(n - 1), acc
+        control0, c_residuals0, _ = control_of(n - 1)
+        return n, state, cts, (vf_residuals0, control0, c_residuals0), acc
 
     acc = _zeros_like_cotangent(p_diff)
-    control = control_of(n_last - 1)
-    carry = (n_last, (y, z, v), (ct_y, ct_z, ct_v), residuals, control, acc)
-    _, _, (ct_y, ct_z, ct_v), _, _, acc = lax.while_loop(_any_left, body, carry)
+    linear = (vf_residuals, control, c_residuals)
+    carry = (n_last, (y, z, v), (ct_y, ct_z, ct_v), linear, acc)
+    _, _, (ct_y, ct_z, ct_v), _, acc = lax.while_loop(_any_left, body, carry)
     return (ct_y, (ct_z, ct_v)), _add(ct_p, acc)
 
 
