@@ -47,9 +47,8 @@ class StepTape:
         # at trace time, can give a VJP with another set of residuals.)
         shapes = jax.eval_shape(lambda x: self._linearise(x)[1], x)
         self._probe_mask = self._mask
-        self.empty = jtu.tree_map(
-            lambda s: jnp.zeros((window,) + s.shape, s.dtype), shapes
-        )
+        self._layout = _RowLayout(shapes)
+        self.empty = self._layout.empty(window)
 
     def _linearise(self, x):
         """One step under `jax.vjp`: the next state and the residuals to store."""
@@ -78,8 +77,10 @@ class StepTape:
         def body(carry):
             k, x, tape = carry
             x, stored = self._linearise(x)
-            tape = jtu.tree_map(
-                lambda t, r: lax.dynamic_update_index_in_dim(t, r, k, 0), tape, stored
+            rows = self._layout.pack(stored)
+            tape = tuple(
+                lax.dynamic_update_index_in_dim(t, r, k, 0)
+                for t, r in zip(tape, rows, strict=True)
             )
             return k + 1, x, tape
 
@@ -97,11 +98,8 @@ class StepTape:
         def body(carry):
             k, ct_x, ct_c = carry
             k = k - 1
-            stored = iter(
-                jtu.tree_map(
-                    lambda t: lax.dynamic_index_in_dim(t, k, 0, keepdims=False), tape
-                )
-            )
+            rows = [lax.dynamic_index_in_dim(t, k, 0, keepdims=False) for t in tape]
+            stored = iter(self._layout.unpack(rows))
             leaves = [
                 next(stored) if m is None else self._const_leaves[m] for m in self._mask
             ]
@@ -114,3 +112,53 @@ class StepTape:
             lambda c: c[0] > 0, body, (jnp.asarray(length, jnp.int32), ct_x, ct_c)
         )
         return ct_c, ct_x
+
+
+_SMALL = 4096  # residuals with at most this many elements share a row
+
+
+class _RowLayout:
+    """The residuals of one step as rows: the small ones of each dtype flattened
+    and concatenated into one row, each large one a row of its own. A step then
+    writes (and the playback reads) one slice per dtype for all its small
+    residuals instead of one each, which matters on small problems, where a step
+    has dozens of tiny residuals and each separate update costs more than its
+    data; large residuals are not copied into a concatenation."""
+
+    def __init__(self, shapes):
+        self.shapes = list(shapes)
+        small = [i for i in range(len(self.shapes)) if self._size(i) <= _SMALL]
+        dtypes = sorted({jnp.dtype(self.shapes[i].dtype) for i in small}, key=str)
+        self.groups = [
+            [i for i in small if jnp.dtype(self.shapes[i].dtype) == d] for d in dtypes
+        ]
+        self.groups += [[i] for i in range(len(self.shapes)) if i not in small]
+        self.dtypes = [jnp.dtype(self.shapes[g[0]].dtype) for g in self.groups]
+
+    def _size(self, i):
+        size = 1
+        for n in self.shapes[i].shape:
+            size *= n
+        return size
+
+    def empty(self, window):
+        return tuple(
+            jnp.zeros((window, sum(self._size(i) for i in group)), dtype)
+            for dtype, group in zip(self.dtypes, self.groups, strict=True)
+        )
+
+    def pack(self, leaves):
+        return tuple(
+            jnp.concatenate([jnp.ravel(leaves[i]) for i in group])
+            for group in self.groups
+        )
+
+    def unpack(self, rows):
+        leaves = [None] * len(self.shapes)
+        for row, group in zip(rows, self.groups, strict=True):
+            offset = 0
+            for i in group:
+                size = self._size(i)
+                leaves[i] = row[offset : offset + size].reshape(self.shapes[i].shape)
+                offset += size
+        return leaves
