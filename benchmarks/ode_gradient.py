@@ -12,7 +12,11 @@ For each: per-call time of the gradient (median, round-robin), compile time of t
 gradient (cold, median of repeats), and nde's forward per-call time, for the ratio
 "gradient / forward". Contestants: `nde` (RecursiveCheckpointAdjoint, the default),
 `diffrax` (its RecursiveCheckpointAdjoint, the default), `scan` (jax.grad through
-`lax.scan`, fixed-step cases only), and `nde[backsolve]` / `diffrax[backsolve]`.
+`lax.scan`, fixed-step cases only), `nde[backsolve]` / `diffrax[backsolve]`, and on
+the fixed-step cases `nde[every step]` / `diffrax[every step]`:
+`RecursiveCheckpointAdjoint(checkpoints=max_steps)` with `max_steps` the number of
+steps (nde then keeps every step's linearisation from the forward pass and
+recomputes nothing).
 
 Peak memory is measured by `ode_gradient_memory.py` (one subprocess per case).
 """
@@ -47,10 +51,16 @@ CASES = ("neural_fixed", "neural_adaptive", "tiny_fixed")
 
 
 def _solve(lib, adjoint_name, p: Problem, params, y0):
-    adjoint = {
-        "recursive": lib.RecursiveCheckpointAdjoint(),
-        "backsolve": lib.BacksolveAdjoint(),
-    }[adjoint_name]
+    max_steps = 4096
+    if adjoint_name == "every_step":
+        # A checkpoint for every step (fixed steps only: their number is known).
+        max_steps = p.num_steps
+        adjoint = lib.RecursiveCheckpointAdjoint(checkpoints=max_steps)
+    else:
+        adjoint = {
+            "recursive": lib.RecursiveCheckpointAdjoint(),
+            "backsolve": lib.BacksolveAdjoint(),
+        }[adjoint_name]
     if p.adaptive:
         controller = lib.PIDController(rtol=p.rtol, atol=p.rtol)
     else:
@@ -65,7 +75,7 @@ def _solve(lib, adjoint_name, p: Problem, params, y0):
         args=p.field_args(params),
         stepsize_controller=controller,
         adjoint=adjoint,
-        max_steps=4096,
+        max_steps=max_steps,
     )
     return sol.ys[-1]
 
@@ -83,6 +93,10 @@ def contestants(p: Problem) -> dict:
             _solve(lib, adjoint, p, params, y0) ** 2
         )
     if not p.adaptive:
+        for name, lib in [("nde[every step]", nde), ("diffrax[every step]", diffrax)]:
+            out[name] = lambda params, y0, lib=lib: jnp.sum(
+                _solve(lib, "every_step", p, params, y0) ** 2
+            )
 
         def scan_loss(params, y0):
             y = scan_tsit5(
@@ -240,6 +254,10 @@ def to_markdown(results, checks, env) -> str:
             ("diffrax", "scan"),
             ("nde", "nde forward"),
             ("nde[backsolve]", "diffrax[backsolve]"),
+            ("nde[every step]", "diffrax[every step]"),
+            ("nde[every step]", "diffrax"),
+            ("nde[every step]", "nde forward"),
+            ("nde[every step]", "scan"),
         ]:
             if a in rows and b in rows:
                 pc = _pc(rows, a) / _pc(rows, b)

@@ -108,9 +108,11 @@ RTOL = 1e-7
 RTOL_OF = {"Heun": 1e-5}
 
 
-ALL = ("recursive", "backsolve", "direct", "forward")
+ALL = ("recursive", "backsolve", "direct", "forward", "every_step")
 ADJOINT_OF = {
     "recursive": nde.RecursiveCheckpointAdjoint(),
+    # checkpoints >= max_steps (256): every state stored, no forward recomputation
+    "every_step": nde.RecursiveCheckpointAdjoint(checkpoints=256),
     "backsolve": nde.BacksolveAdjoint(),
     "direct": nde.DirectAdjoint(),
     "forward": nde.ForwardMode(),
@@ -191,6 +193,7 @@ def test_adjoints_agree(solver, order, dt, adaptive):
     if full:
         assert rel_err(grads["direct"], g) < 1e-10
         assert rel_err(grads["forward"], g[:3]) < 1e-10
+        assert rel_err(grads["every_step"], g) < 1e-12
     # Finite differences of the same discrete map.
     if adaptive:
         grid = nde.StepTo(_accepted_times(THETA, solver, controller))
@@ -240,6 +243,7 @@ ADJOINTS = [
     nde.RecursiveCheckpointAdjoint(),
     nde.DirectAdjoint(),
     nde.BacksolveAdjoint(),
+    nde.RecursiveCheckpointAdjoint(checkpoints=4096),  # = max_steps: every state
 ]
 
 
@@ -255,6 +259,7 @@ def test_pytree_state_and_reverse_time(reverse):
     grads = [_flat(grad(Y0, ARGS, adjoint, t0, t1)) for adjoint in ADJOINTS]
     assert rel_err(grads[1], grads[0]) < 1e-10
     assert rel_err(grads[2], grads[0]) < 1e-7
+    assert rel_err(grads[3], grads[0]) < 1e-12
     flat, unflat = ravel_pytree((Y0, ARGS))
     f = jax.jit(lambda x: _solve_pytree(*unflat(x), ADJOINTS[0], t0, t1))
     fd = jax.vmap(lambda e: (f(flat + EPS * e) - f(flat - EPS * e)) / (2 * EPS))(

@@ -15,15 +15,19 @@ When nothing is differentiated, none of this happens: the loop is a plain
 **Backward pass.** A stack holds the forward checkpoints plus as many free slots.
 Steps are differentiated from the last to the first, a *window* of up to `window`
 consecutive steps at a time: from the checkpoint at the start of the window, the
-window's steps run once more under `jax.vjp`, recording their linearisations on a
-tape (`_tape.py`; so each step is evaluated only once more), and the window's
-cotangent is pulled back through the tape. Checkpoints closer than a window are
-popped, so windows are as long as allowed. A gap between checkpoints longer than a
-window is first cut up by recomputing forward and pushing new checkpoints: every
-`window` steps when the free slots suffice, else halfway (bisection: `O(log)`
-recomputation per step over a long gap). This is the online, bisection variant of
-binomial checkpointing (Griewank & Walther 2000; Stumm & Walther 2010; Wang & Moin
-2009), with the last level done by a tape of linearised steps.
+window's steps run once more, recording their input states on a tape (`_tape.py`),
+and the window's cotangent is pulled back through the steps from the last to the
+first, each differentiated afresh from its recorded state. Checkpoints closer than
+a window are popped, so windows are as long as allowed. A gap between checkpoints
+longer than a window is first cut up by recomputing forward and pushing new
+checkpoints: every `window` steps when the free slots suffice, else halfway
+(bisection: `O(log)` recomputation per step over a long gap). This is the online,
+bisection variant of binomial checkpointing (Griewank & Walther 2000; Stumm &
+Walther 2010; Wang & Moin 2009), with the last level done by a tape of states.
+
+**Every step.** With `checkpoints >= max_steps` there is room for every state:
+the forward pass records them all on the tape, and the backward pass only
+differentiates each step from its state (no forward recomputation).
 
 **Buffers.** Parts of the state that are written once at a dynamic index and never
 read (the save buffers of `SaveAt`) are named by `buffers(state)`. They are not
@@ -31,8 +35,8 @@ copied into checkpoints, since no step's result depends on their contents; on th
 backward pass the final buffers stand in for them, and their cotangents flow back
 through each step's writes.
 
-Memory: `O(checkpoints x state + window x one step's linearisation)`, independent
-of the number of steps.
+Memory: `O((checkpoints + window) x state)`, independent of the number of steps;
+with `checkpoints >= max_steps`, `O(max_steps x state)`.
 """
 
 import equinox as eqx
@@ -217,7 +221,7 @@ def _checkpointed_bwd(
     steps = jnp.concatenate([at[order], jnp.zeros_like(at)])
     steps = jnp.where(jnp.arange(slots, dtype=jnp.int32) < count, steps, 0)
     dyn0, _ = layout.pack(init)
-    tape = StepTape(step, consts, (dyn0, final_bufs), window)
+    tape = StepTape(step, consts, dyn0, final_bufs, window)
 
     # Cotangents of the final state's floating-point leaves (zeros for None).
     ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
@@ -298,8 +302,12 @@ def checkpointed_while_loop(
             "`RecursiveCheckpointAdjoint(checkpoints=...)` must be a positive int or "
             f"None; got {checkpoints!r}."
         )
-    checkpoints = max(2, checkpoints + checkpoints % 2)
     kinds = buffer_kinds(init_state, buffers)
+    if max_steps is not None and checkpoints >= max_steps:
+        # Room for every state: the forward pass records them all, and nothing is
+        # recomputed but each step's own VJP.
+        return _taped((consts, init_state), cond_fun, body_fun, kinds, max_steps)
+    checkpoints = max(2, checkpoints + checkpoints % 2)
     return _checkpointed(
         (consts, init_state),
         cond_fun,
@@ -308,6 +316,44 @@ def checkpointed_while_loop(
         checkpoints,
         checkpoints,  # window: as many steps on the tape as there are checkpoints
     )
+
+
+@eqx.filter_custom_vjp
+def _taped(vjp_arg, cond_fun, body_fun, kinds, max_steps):
+    consts, init = vjp_arg
+    return _plain(consts, init, cond_fun, body_fun)
+
+
+def _whole_tape(vjp_arg, body_fun, kinds, max_steps):
+    consts, init = vjp_arg
+    layout = _Layout(init, kinds)
+    step = lambda c, x: _packed_step(layout, body_fun, c)(*x)
+    x0 = layout.pack(init)
+    return layout, x0, StepTape(step, consts, *x0, max_steps)
+
+
+@_taped.def_fwd
+def _taped_fwd(perturbed, vjp_arg, cond_fun, body_fun, kinds, max_steps):
+    del perturbed
+    consts, _ = vjp_arg
+    layout, x0, tape = _whole_tape(vjp_arg, body_fun, kinds, max_steps)
+    until = lambda x: cond_fun(consts, layout.unpack(*x))
+    (dyn, bufs), rows, n = tape.record(x0, max_steps, tape.empty, until=until)
+    return layout.unpack(dyn, bufs), (rows, n)
+
+
+@_taped.def_bwd
+def _taped_bwd(
+    residuals, grad_obj, perturbed, vjp_arg, cond_fun, body_fun, kinds, max_steps
+):
+    del perturbed, cond_fun
+    rows, n = residuals
+    _, init = vjp_arg
+    layout, x0, tape = _whole_tape(vjp_arg, body_fun, kinds, max_steps)
+    ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
+    ct_c, (ct_dyn, ct_bufs) = tape.play_backwards(rows, n, _zeros_for_none(ct, x0))
+    ct_init = layout.unpack(ct_dyn, ct_bufs)
+    return ct_c, eqx.filter(ct_init, _inexact_mask(init))
 
 
 @eqx.filter_custom_vjp

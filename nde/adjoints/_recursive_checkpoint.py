@@ -21,7 +21,10 @@ class RecursiveCheckpointAdjoint(AbstractAdjoint):
 
     - `checkpoints`: how many states to store on the forward pass (the backward pass
       uses as many again). `None` picks about `log2(max_steps)`, which needs a finite
-      `max_steps`. More checkpoints mean less recomputation.
+      `max_steps`. More checkpoints mean less recomputation; `checkpoints >=
+      max_steps` stores every step's state on the forward pass and recomputes no
+      forward steps (memory `max_steps x state`; the fastest gradient when that
+      fits).
     """
 
     checkpoints: int | None = None
