@@ -365,3 +365,23 @@ def test_forward_mode_jacobian():
     fwd = jax.jacfwd(f)(args, nde.ForwardMode())
     rev = jax.jacrev(f)(args, nde.RecursiveCheckpointAdjoint())
     np.testing.assert_allclose(fwd, rev, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("tape", ["states", "linearisations"])
+def test_recursive_checkpoint_tapes(monkeypatch, tape):
+    """The backward pass replays windows of steps from a tape of states (large
+    steps) or of linearisations (small ones, `_tape.make_tape`); both give the
+    gradient of DirectAdjoint. Few checkpoints, so long gaps are cut by bisection
+    and many windows are replayed; save points inside the windows."""
+    from nde.adjoints import _tape
+
+    # A threshold of 0 forces the states tape on this small problem. (A distinct
+    # `checkpoints` per case: a cached trace would not see the patched threshold.)
+    if tape == "states":
+        monkeypatch.setattr(_tape, "_SMALL_TAPE", 0)
+    checkpoints = {"states": 4, "linearisations": 6}[tape]
+    ts = jnp.linspace(0.0, 1.0, 7)
+    grad = jax.grad(_solve_pytree, argnums=(0, 1))
+    got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(checkpoints), 0, 1, ts))
+    want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, ts))
+    assert rel_err(got, want) < 1e-10
