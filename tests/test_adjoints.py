@@ -367,21 +367,12 @@ def test_forward_mode_jacobian():
     np.testing.assert_allclose(fwd, rev, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("tape", ["states", "linearisations"])
-def test_recursive_checkpoint_tapes(monkeypatch, tape):
-    """The backward pass replays windows of steps from a tape of states (large
-    steps) or of linearisations (small ones, `_tape.make_tape`); both give the
-    gradient of DirectAdjoint. Few checkpoints, so long gaps are cut by bisection
-    and many windows are replayed; save points inside the windows."""
-    from nde.adjoints import _tape
-
-    # A threshold of 0 forces the states tape on this small problem. (A distinct
-    # `checkpoints` per case: a cached trace would not see the patched threshold.)
-    if tape == "states":
-        monkeypatch.setattr(_tape, "_SMALL_TAPE", 0)
-    checkpoints = {"states": 4, "linearisations": 6}[tape]
+def test_recursive_checkpoint_bisected_gaps():
+    """Few checkpoints: long gaps between them are cut by bisection on the backward
+    pass and many windows are replayed from the tape; save points inside the
+    windows. The gradient is DirectAdjoint's."""
     ts = jnp.linspace(0.0, 1.0, 7)
     grad = jax.grad(_solve_pytree, argnums=(0, 1))
-    got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(checkpoints), 0, 1, ts))
+    got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(4), 0.0, 1.0, ts))
     want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, ts))
     assert rel_err(got, want) < 1e-10

@@ -17,8 +17,7 @@ Steps are differentiated from the last to the first, a *window* of up to `window
 consecutive steps at a time: from the checkpoint at the start of the window, the
 window's steps run once more, recording their input states on a tape (`_tape.py`),
 and the window's cotangent is pulled back through the steps from the last to the
-first, each differentiated afresh from its recorded state. (Where a window of the
-steps' linearisations is small, those are recorded instead: `make_tape`.) Checkpoints closer than
+first, each differentiated afresh from its recorded state. Checkpoints closer than
 a window are popped, so windows are as long as allowed. A gap between checkpoints
 longer than a window is first cut up by recomputing forward and pushing new
 checkpoints: every `window` steps when the free slots suffice, else halfway
@@ -45,7 +44,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._tape import StepTape, make_tape
+from ._tape import StepTape
 
 
 def default_checkpoints(max_steps: int | None) -> int:
@@ -222,7 +221,7 @@ def _checkpointed_bwd(
     steps = jnp.concatenate([at[order], jnp.zeros_like(at)])
     steps = jnp.where(jnp.arange(slots, dtype=jnp.int32) < count, steps, 0)
     dyn0, _ = layout.pack(init)
-    tape = make_tape(step, consts, dyn0, final_bufs, window)
+    tape = StepTape(step, consts, dyn0, final_bufs, window)
 
     # Cotangents of the final state's floating-point leaves (zeros for None).
     ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
