@@ -338,7 +338,7 @@ def _taped_fwd(perturbed, vjp_arg, cond_fun, body_fun, kinds, max_steps):
     consts, _ = vjp_arg
     layout, x0, tape = _whole_tape(vjp_arg, body_fun, kinds, max_steps)
     until = lambda x: cond_fun(consts, layout.unpack(*x))
-    (dyn, bufs), rows, n = tape.record(x0, max_steps, tape.empty, until=until)
+    (dyn, bufs), rows, n = tape.record_until(x0, max_steps, tape.empty, until)
     return layout.unpack(dyn, bufs), (rows, n)
 
 

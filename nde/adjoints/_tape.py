@@ -55,11 +55,16 @@ class StepTape:
             lambda a: jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a)), dyn
         )
 
-    def record(self, x, length, tape, until=None):
+    def record(self, x, length, tape):
         """Run `length <= window` steps from `x = (dyn, bufs)`; return the final
-        state and the tape holding their input states. With `until(x) -> bool`,
-        stop earlier, before the first step from a state where it is false; then
-        also return the number of steps taken."""
+        state and the tape holding their input states."""
+        x, tape, _ = self.record_until(x, length, tape, None)
+        return x, tape
+
+    def record_until(self, x, length, tape, until):
+        """As `record`, but stop earlier, before the first step from a state where
+        `until(x)` is false (if `until` is not None); return the final state, the
+        tape and the number of steps taken."""
 
         def body(carry):
             k, x, tape = carry
@@ -74,7 +79,7 @@ class StepTape:
 
         zero = jnp.asarray(0, jnp.int32)
         k, x, tape = lax.while_loop(cond, body, (zero, x, tape))
-        return (x, tape) if until is None else (x, tape, k)
+        return x, tape, k
 
     def play_backwards(self, tape, length, ct_x):
         """Pull the cotangent `ct_x` of the state after `length` recorded steps back
