@@ -15,8 +15,8 @@ gradient (cold, median of repeats), and nde's forward per-call time, for the rat
 `lax.scan`, fixed-step cases only), `nde[backsolve]` / `diffrax[backsolve]`, and on
 the fixed-step cases `nde[every step]` / `diffrax[every step]`:
 `RecursiveCheckpointAdjoint(checkpoints=max_steps)` with `max_steps` the number of
-steps (nde then keeps every step's linearisation from the forward pass and
-recomputes nothing).
+steps (nde then records every state on the forward pass and recomputes no forward
+step).
 
 Peak memory is measured by `ode_gradient_memory.py` (one subprocess per case).
 """

@@ -224,8 +224,7 @@ def _checkpointed_bwd(
     tape = StepTape(step, consts, dyn0, final_bufs, window)
 
     # Cotangents of the final state's floating-point leaves (zeros for None).
-    ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
-    ct = _zeros_for_none(ct, (dyn0, final_bufs))
+    ct = _final_cotangent(layout, grad_obj, (dyn0, final_bufs))
     ct_c = jtu.tree_map(jnp.zeros_like, tape.c_diff)
 
     def body(carry):
@@ -266,8 +265,18 @@ def _checkpointed_bwd(
     minus_one = jnp.asarray(-1, jnp.int32)
     carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape.empty, ct, ct_c)
     *_, (ct_dyn, ct_bufs), ct_c = lax.while_loop(lambda c: c[3] >= 0, body, carry)
-    ct_init = layout.unpack(ct_dyn, ct_bufs)
-    return ct_c, eqx.filter(ct_init, _inexact_mask(init))
+    return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
+
+
+def _final_cotangent(layout, grad_obj, like):
+    """The cotangent of the final state as `(dyn, bufs)`, zeros for None."""
+    ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
+    return _zeros_for_none(ct, like)
+
+
+def _initial_cotangent(layout, ct_dyn, ct_bufs, init):
+    """The cotangent of `init`, in its structure (floating-point leaves only)."""
+    return eqx.filter(layout.unpack(ct_dyn, ct_bufs), _inexact_mask(init))
 
 
 def _zeros_for_none(ct, like):
@@ -350,10 +359,9 @@ def _taped_bwd(
     rows, n = residuals
     _, init = vjp_arg
     layout, x0, tape = _whole_tape(vjp_arg, body_fun, kinds, max_steps)
-    ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
-    ct_c, (ct_dyn, ct_bufs) = tape.play_backwards(rows, n, _zeros_for_none(ct, x0))
-    ct_init = layout.unpack(ct_dyn, ct_bufs)
-    return ct_c, eqx.filter(ct_init, _inexact_mask(init))
+    ct = _final_cotangent(layout, grad_obj, x0)
+    ct_c, (ct_dyn, ct_bufs) = tape.play_backwards(rows, n, ct)
+    return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
 
 
 @eqx.filter_custom_vjp
