@@ -376,3 +376,15 @@ def test_recursive_checkpoint_bisected_gaps():
     got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(4), 0.0, 1.0, ts))
     want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, ts))
     assert rel_err(got, want) < 1e-10
+
+
+def test_default_window_sized_by_bytes():
+    """`checkpoints=None` replays as many steps at a time as there are checkpoints,
+    or as many as fit in `TAPE_BYTES` when that is more (at most `max_steps`)."""
+    from nde.adjoints._checkpointed_while_loop import TAPE_BYTES, window_size
+
+    small = [jnp.zeros(4, jnp.float32), jnp.zeros((), jnp.int32)]  # 20 bytes
+    assert window_size(14, 4096, small) == TAPE_BYTES // 20
+    assert window_size(14, 100, small) == 100
+    big = [jnp.zeros(TAPE_BYTES // 16, jnp.float32)]  # 4 fit
+    assert window_size(14, 4096, big) == 14

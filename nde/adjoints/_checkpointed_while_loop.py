@@ -35,8 +35,18 @@ copied into checkpoints, since no step's result depends on their contents; on th
 backward pass the final buffers stand in for them, and their cotangents flow back
 through each step's writes.
 
-Memory: `O((checkpoints + window) x state)`, independent of the number of steps;
-with `checkpoints >= max_steps`, `O(max_steps x state)`.
+**Window.** The tape holds `window` states: as many as there are checkpoints; or,
+with the default `checkpoints=None`, more when the state is small: as many as fit
+in `TAPE_BYTES` (64 KiB, never more than `max_steps`). A window's steps are replayed and differentiated by two tight
+loops, while each window costs one iteration of the outer backward loop (choose a
+checkpoint, record, play back, push): when a step is cheap that iteration dominates,
+and for a small state (a batch-1 neural ODE: tens of bytes) a long window removes
+almost all of them at a negligible, fixed cost in memory.
+
+Memory: `O(checkpoints x state + max(checkpoints x state, TAPE_BYTES))`,
+independent of the number of steps; with `checkpoints >= max_steps`,
+`O(max_steps x state)`. (Under `vmap` each batch element has its own tape: the
+state measured here is one element's.)
 """
 
 import equinox as eqx
@@ -44,7 +54,20 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from ._rows import Rows
 from ._tape import StepTape
+
+TAPE_BYTES = 1 << 16
+
+
+def window_size(checkpoints: int, max_steps: int | None, dyn_leaves) -> int:
+    """Steps per recorded window: `checkpoints`, or as many states as fit in
+    `TAPE_BYTES` when that is more (at most `max_steps`)."""
+    state_bytes = sum(jnp.size(x) * jnp.result_type(x).itemsize for x in dyn_leaves)
+    fit = TAPE_BYTES // max(state_bytes, 1)
+    if max_steps is not None:
+        fit = min(fit, max_steps)
+    return max(checkpoints, fit)
 
 
 def default_checkpoints(max_steps: int | None) -> int:
@@ -95,22 +118,6 @@ class _Layout:
         return jtu.tree_unflatten(self.treedef, leaves)
 
 
-def _stacked(x, n):
-    return jtu.tree_map(lambda a: jnp.zeros((n,) + a.shape, a.dtype), x)
-
-
-def _put(stack, slot, x):
-    return jtu.tree_map(
-        lambda s, a: lax.dynamic_update_index_in_dim(s, a, slot, 0), stack, x
-    )
-
-
-def _get(stack, slot):
-    return jtu.tree_map(
-        lambda s: lax.dynamic_index_in_dim(s, slot, 0, keepdims=False), stack
-    )
-
-
 def _plain(consts, init, cond_fun, body_fun):
     return lax.while_loop(
         lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s), init
@@ -136,7 +143,8 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
     layout = _Layout(init, kinds)
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
-    stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
+    rows = Rows(dyn)
+    stack = rows.put(rows.empty(checkpoints + 1), 0, dyn)
     at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
@@ -149,7 +157,7 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
         free = (held < 0) | (held % stride != 0)
         store = (k % stride == 0) & jnp.any(free)
         slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
-        return dyn, bufs, _put(stack, slot, dyn), at.at[slot].set(k), stride, k
+        return dyn, bufs, rows.put(stack, slot, dyn), at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
     carry = (dyn, bufs, stack, at, one, zero)
@@ -221,6 +229,7 @@ def _checkpointed_bwd(
     steps = jnp.concatenate([at[order], jnp.zeros_like(at)])
     steps = jnp.where(jnp.arange(slots, dtype=jnp.int32) < count, steps, 0)
     dyn0, _ = layout.pack(init)
+    rows = Rows(dyn0)
     tape = StepTape(step, consts, dyn0, final_bufs, window)
 
     # Cotangents of the final state's floating-point leaves (zeros for None).
@@ -244,7 +253,7 @@ def _checkpointed_bwd(
         resume = jnp.logical_not(is_last) & (cursor_at > i) & (cursor_at < target)
         start = jnp.where(resume, cursor_at, i)
         dyn = jtu.tree_map(
-            lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
+            lambda c, s: jnp.where(resume, c, s), cursor, rows.get(stack, top)
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
         (new, _), residuals = tape.record((dyn, final_bufs), length, residuals)
@@ -255,7 +264,7 @@ def _checkpointed_bwd(
         # Otherwise push the state reached, once it is the target.
         reached = jnp.logical_not(is_last) & (start + length == target)
         slot = jnp.minimum(top + 1, slots - 1)
-        stack = lax.cond(reached, lambda: _put(stack, slot, new), lambda: stack)
+        stack = lax.cond(reached, lambda: rows.put(stack, slot, new), lambda: stack)
         steps = jnp.where(reached, steps.at[slot].set(target), steps)
         top = jnp.where(is_last, top - 1, jnp.where(reached, slot, top))
         cursor_at = jnp.where(is_last | reached, -1, start + length)
@@ -304,6 +313,8 @@ def checkpointed_while_loop(
     if checkpoints is None and max_steps is None:
         # Forward solves with an unbounded loop are fine; differentiating one is not.
         return _unbounded((consts, init_state), cond_fun, body_fun)
+    # The default sizes the tape by bytes too; a number given is the memory asked for.
+    budget = checkpoints is None
     if checkpoints is None:
         checkpoints = default_checkpoints(max_steps)
     if not isinstance(checkpoints, int) or checkpoints < 1:
@@ -317,13 +328,14 @@ def checkpointed_while_loop(
         # recomputed but each step's own VJP.
         return _taped((consts, init_state), cond_fun, body_fun, kinds, max_steps)
     checkpoints = max(2, checkpoints + checkpoints % 2)
+    window = checkpoints
+    if budget:
+        leaves = zip(jtu.tree_leaves(init_state), kinds, strict=True)
+        window = window_size(
+            checkpoints, max_steps, [x for x, k in leaves if k == "dyn"]
+        )
     return _checkpointed(
-        (consts, init_state),
-        cond_fun,
-        body_fun,
-        kinds,
-        checkpoints,
-        checkpoints,  # window: as many steps on the tape as there are checkpoints
+        (consts, init_state), cond_fun, body_fun, kinds, checkpoints, window
     )
 
 

@@ -27,6 +27,8 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from ._rows import Rows
+
 
 def _inexact_mask(tree):
     return jtu.tree_map(eqx.is_inexact_array, tree)
@@ -41,7 +43,8 @@ class StepTape:
     - `step`: one step; differentiated with respect to the floating-point leaves
       of `consts` and of the state.
     - `consts`: its fixed inputs.
-    - `dyn`: an example of the stored part of the state (for shapes).
+    - `dyn`: an example of the stored part of the state (a list of arrays: their
+      shapes and dtypes), stored as rows (`_rows.py`).
     - `bufs`: the write-only part, used as the stand-in on playback.
     - `window`: the most steps one recording holds.
     """
@@ -51,9 +54,8 @@ class StepTape:
         self.consts = consts
         self.c_diff, self.c_rest = eqx.partition(consts, eqx.is_inexact_array)
         self.bufs = bufs
-        self.empty = jtu.tree_map(
-            lambda a: jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a)), dyn
-        )
+        self.rows = Rows(dyn)
+        self.empty = self.rows.empty(window)
 
     def record(self, x, length, tape):
         """Run `length <= window` steps from `x = (dyn, bufs)`; return the final
@@ -68,9 +70,7 @@ class StepTape:
 
         def body(carry):
             k, x, tape = carry
-            tape = jtu.tree_map(
-                lambda t, a: lax.dynamic_update_index_in_dim(t, a, k, 0), tape, x[0]
-            )
+            tape = self.rows.put(tape, k, x[0])
             return k + 1, self.step(self.consts, x), tape
 
         def cond(carry):
@@ -95,10 +95,7 @@ class StepTape:
         def body(carry):
             k, ct_x, ct_c = carry
             k = k - 1
-            dyn = jtu.tree_map(
-                lambda t: lax.dynamic_index_in_dim(t, k, 0, keepdims=False), tape
-            )
-            x = (dyn, self.bufs)
+            x = (self.rows.get(tape, k), self.bufs)
             x_diff, x_rest = eqx.partition(x, _inexact_mask(x))
             _, vjp_fn = jax.vjp(lambda c, xd: f(c, xd, x_rest), self.c_diff, x_diff)
             d_c, ct_x = vjp_fn(ct_x)
