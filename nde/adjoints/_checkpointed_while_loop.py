@@ -54,7 +54,6 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._rows import Rows
 from ._tape import StepTape
 
 TAPE_BYTES = 1 << 16
@@ -118,6 +117,22 @@ class _Layout:
         return jtu.tree_unflatten(self.treedef, leaves)
 
 
+def _stacked(x, n):
+    return jtu.tree_map(lambda a: jnp.zeros((n,) + a.shape, a.dtype), x)
+
+
+def _put(stack, slot, x):
+    return jtu.tree_map(
+        lambda s, a: lax.dynamic_update_index_in_dim(s, a, slot, 0), stack, x
+    )
+
+
+def _get(stack, slot):
+    return jtu.tree_map(
+        lambda s: lax.dynamic_index_in_dim(s, slot, 0, keepdims=False), stack
+    )
+
+
 def _plain(consts, init, cond_fun, body_fun):
     return lax.while_loop(
         lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s), init
@@ -143,8 +158,7 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
     layout = _Layout(init, kinds)
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
-    rows = Rows(dyn)
-    stack = rows.put(rows.empty(checkpoints + 1), 0, dyn)
+    stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
     at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
@@ -157,7 +171,7 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
         free = (held < 0) | (held % stride != 0)
         store = (k % stride == 0) & jnp.any(free)
         slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
-        return dyn, bufs, rows.put(stack, slot, dyn), at.at[slot].set(k), stride, k
+        return dyn, bufs, _put(stack, slot, dyn), at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
     carry = (dyn, bufs, stack, at, one, zero)
@@ -229,7 +243,6 @@ def _checkpointed_bwd(
     steps = jnp.concatenate([at[order], jnp.zeros_like(at)])
     steps = jnp.where(jnp.arange(slots, dtype=jnp.int32) < count, steps, 0)
     dyn0, _ = layout.pack(init)
-    rows = Rows(dyn0)
     tape = StepTape(step, consts, dyn0, final_bufs, window)
 
     # Cotangents of the final state's floating-point leaves (zeros for None).
@@ -253,7 +266,7 @@ def _checkpointed_bwd(
         resume = jnp.logical_not(is_last) & (cursor_at > i) & (cursor_at < target)
         start = jnp.where(resume, cursor_at, i)
         dyn = jtu.tree_map(
-            lambda c, s: jnp.where(resume, c, s), cursor, rows.get(stack, top)
+            lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
         (new, _), residuals = tape.record((dyn, final_bufs), length, residuals)
@@ -264,7 +277,7 @@ def _checkpointed_bwd(
         # Otherwise push the state reached, once it is the target.
         reached = jnp.logical_not(is_last) & (start + length == target)
         slot = jnp.minimum(top + 1, slots - 1)
-        stack = lax.cond(reached, lambda: rows.put(stack, slot, new), lambda: stack)
+        stack = lax.cond(reached, lambda: _put(stack, slot, new), lambda: stack)
         steps = jnp.where(reached, steps.at[slot].set(target), steps)
         top = jnp.where(is_last, top - 1, jnp.where(reached, slot, top))
         cursor_at = jnp.where(is_last | reached, -1, start + length)

@@ -27,8 +27,6 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._rows import Rows
-
 
 def _inexact_mask(tree):
     return jtu.tree_map(eqx.is_inexact_array, tree)
@@ -43,8 +41,7 @@ class StepTape:
     - `step`: one step; differentiated with respect to the floating-point leaves
       of `consts` and of the state.
     - `consts`: its fixed inputs.
-    - `dyn`: an example of the stored part of the state (a list of arrays: their
-      shapes and dtypes), stored as rows (`_rows.py`).
+    - `dyn`: an example of the stored part of the state (for shapes).
     - `bufs`: the write-only part, used as the stand-in on playback.
     - `window`: the most steps one recording holds.
     """
@@ -54,8 +51,9 @@ class StepTape:
         self.consts = consts
         self.c_diff, self.c_rest = eqx.partition(consts, eqx.is_inexact_array)
         self.bufs = bufs
-        self.rows = Rows(dyn)
-        self.empty = self.rows.empty(window)
+        self.empty = jtu.tree_map(
+            lambda a: jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a)), dyn
+        )
 
     def record(self, x, length, tape):
         """Run `length <= window` steps from `x = (dyn, bufs)`; return the final
@@ -70,7 +68,9 @@ class StepTape:
 
         def body(carry):
             k, x, tape = carry
-            tape = self.rows.put(tape, k, x[0])
+            tape = jtu.tree_map(
+                lambda t, a: lax.dynamic_update_index_in_dim(t, a, k, 0), tape, x[0]
+            )
             return k + 1, self.step(self.consts, x), tape
 
         def cond(carry):
@@ -95,7 +95,10 @@ class StepTape:
         def body(carry):
             k, ct_x, ct_c = carry
             k = k - 1
-            x = (self.rows.get(tape, k), self.bufs)
+            dyn = jtu.tree_map(
+                lambda t: lax.dynamic_index_in_dim(t, k, 0, keepdims=False), tape
+            )
+            x = (dyn, self.bufs)
             x_diff, x_rest = eqx.partition(x, _inexact_mask(x))
             _, vjp_fn = jax.vjp(lambda c, xd: f(c, xd, x_rest), self.c_diff, x_diff)
             d_c, ct_x = vjp_fn(ct_x)
