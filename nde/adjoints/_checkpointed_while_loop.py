@@ -37,11 +37,12 @@ through each step's writes.
 
 **Window.** The tape holds `window` states: as many as there are checkpoints; or,
 with the default `checkpoints=None`, more when the state is small: as many as fit
-in `TAPE_BYTES` (64 KiB, never more than `max_steps`). A window's steps are replayed and differentiated by two tight
-loops, while each window costs one iteration of the outer backward loop (choose a
-checkpoint, record, play back, push): when a step is cheap that iteration dominates,
-and for a small state (a batch-1 neural ODE: tens of bytes) a long window removes
-almost all of them at a negligible, fixed cost in memory.
+in `TAPE_BYTES` (64 KiB, never more than `max_steps`). A window's steps are
+replayed and differentiated by two tight loops, while each window costs one
+iteration of the outer backward loop (choose a checkpoint, record, play back,
+push): when a step is cheap that iteration dominates, and for a small state (a
+batch-1 neural ODE: tens of bytes) a long window removes almost all of them at a
+negligible, fixed cost in memory.
 
 Memory: `O(checkpoints x state + max(checkpoints x state, TAPE_BYTES))`,
 independent of the number of steps; with `checkpoints >= max_steps`,
