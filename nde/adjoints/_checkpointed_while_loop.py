@@ -147,8 +147,12 @@ def _packed_step(layout, body_fun, consts):
     return step
 
 
-def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
-    """The loop, storing evenly spread checkpoints of the non-buffer arrays.
+def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, window):
+    """The loop, storing evenly spread checkpoints of the non-buffer arrays, and the
+    input states of the last `window` steps in a ring (`ring[k % window]` holds the
+    state before step `k`): the backward pass plays the last window back from it
+    without recomputing it (for a solve of at most `window` steps, nothing is
+    recomputed).
 
     Slot `s` holds the state after step `at[s]` (-1: empty). A step that is a
     multiple of `stride` is stored in a free slot: an empty one, or one holding a
@@ -160,10 +164,12 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
     stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
+    ring = _stacked(dyn, window)
     at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
-        dyn, bufs, stack, at, stride, k = carry
+        dyn, bufs, stack, ring, at, stride, k = carry
+        ring = _put(ring, k % window, dyn)
         dyn, bufs = step(dyn, bufs)
         k = k + 1
         held = at[:checkpoints]
@@ -172,14 +178,15 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints):
         free = (held < 0) | (held % stride != 0)
         store = (k % stride == 0) & jnp.any(free)
         slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
-        return dyn, bufs, _put(stack, slot, dyn), at.at[slot].set(k), stride, k
+        stack = _put(stack, slot, dyn)
+        return dyn, bufs, stack, ring, at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
-    carry = (dyn, bufs, stack, at, one, zero)
-    dyn, bufs, stack, at, _, n = lax.while_loop(
+    carry = (dyn, bufs, stack, ring, at, one, zero)
+    dyn, bufs, stack, ring, at, _, n = lax.while_loop(
         lambda c: cond_fun(consts, layout.unpack(c[0], c[1])), body, carry
     )
-    return layout.unpack(dyn, bufs), (stack, at, n, bufs)
+    return layout.unpack(dyn, bufs), (stack, ring, at, n, bufs)
 
 
 @eqx.filter_custom_vjp
@@ -194,9 +201,9 @@ def _checkpointed(vjp_arg, cond_fun, body_fun, kinds, checkpoints, window):
 def _checkpointed_fwd(
     perturbed, vjp_arg, cond_fun, body_fun, kinds, checkpoints, window
 ):
-    del perturbed, window
+    del perturbed
     consts, init = vjp_arg
-    return _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints)
+    return _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, window)
 
 
 def _inexact_mask(tree):
@@ -227,7 +234,7 @@ def _checkpointed_bwd(
     window,
 ):
     del perturbed, cond_fun
-    fwd_stack, at, n, final_bufs = residuals
+    fwd_stack, ring, at, n, final_bufs = residuals
     consts, init = vjp_arg
     layout = _Layout(init, kinds)
     step = lambda c, x: _packed_step(layout, body_fun, c)(*x)
@@ -249,6 +256,11 @@ def _checkpointed_bwd(
     # Cotangents of the final state's floating-point leaves (zeros for None).
     ct = _final_cotangent(layout, grad_obj, (dyn0, final_bufs))
     ct_c = jtu.tree_map(jnp.zeros_like, tape.c_diff)
+    # The last `ring_length` steps are on the forward pass's ring (its row `j mod
+    # window` holds step `j`): the first iteration plays them back without recording
+    # (one playback loop in the program, not two).
+    ring_length = jnp.minimum(n, window)
+    ring_start = (n - ring_length) % window
 
     def body(carry):
         # Each iteration records one window of steps on the tape, from the top
@@ -257,11 +269,11 @@ def _checkpointed_bwd(
         # towards the next checkpoint to push: the next window start if there are
         # enough free slots, else halfway to m (bisection). A full stack overwrites
         # its top.
-        stack, steps, top, m, cursor, cursor_at, residuals, ct, ct_c = carry
-        top = _window_start(steps, top, m, window)
+        stack, steps, top, m, cursor, cursor_at, residuals, ct, ct_c, first = carry
+        top = jnp.where(first, top, _window_start(steps, top, m, window))
         i = steps[top]
         gap = m - i + 1
-        is_last = gap <= window
+        is_last = first | (gap <= window)
         free = slots - 1 - top
         target = jnp.where((gap - 1) // window <= free, i + window, i + gap // 2)
         resume = jnp.logical_not(is_last) & (cursor_at > i) & (cursor_at < target)
@@ -270,24 +282,35 @@ def _checkpointed_bwd(
             lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
-        (new, _), residuals = tape.record((dyn, final_bufs), length, residuals)
+        length = jnp.where(first, ring_length, length)
+        (new, _), residuals = tape.record(
+            (dyn, final_bufs), jnp.where(first, 0, length), residuals
+        )
         # Play the tape back only if the window ends at m (zero steps otherwise:
         # a `cond` here would copy the whole tape into its operands).
-        d_c, ct = tape.play_backwards(residuals, jnp.where(is_last, length, 0), ct)
+        d_c, ct = tape.play_backwards(
+            residuals,
+            jnp.where(is_last, length, 0),
+            ct,
+            jnp.where(first, ring_start, 0),
+        )
         ct_c = jtu.tree_map(jnp.add, ct_c, d_c)
         # Otherwise push the state reached, once it is the target.
         reached = jnp.logical_not(is_last) & (start + length == target)
         slot = jnp.minimum(top + 1, slots - 1)
         stack = lax.cond(reached, lambda: _put(stack, slot, new), lambda: stack)
         steps = jnp.where(reached, steps.at[slot].set(target), steps)
-        top = jnp.where(is_last, top - 1, jnp.where(reached, slot, top))
+        top = jnp.where(
+            first, top, jnp.where(is_last, top - 1, jnp.where(reached, slot, top))
+        )
         cursor_at = jnp.where(is_last | reached, -1, start + length)
-        m = jnp.where(is_last, i - 1, m)
-        return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c
+        m = jnp.where(first, m - length, jnp.where(is_last, i - 1, m))
+        no = jnp.asarray(False)
+        return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c, no
 
-    minus_one = jnp.asarray(-1, jnp.int32)
-    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape.empty, ct, ct_c)
-    *_, (ct_dyn, ct_bufs), ct_c = lax.while_loop(lambda c: c[3] >= 0, body, carry)
+    minus_one, yes = jnp.asarray(-1, jnp.int32), jnp.asarray(True)
+    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, ring, ct, ct_c, yes)
+    *_, (ct_dyn, ct_bufs), ct_c, _ = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
 
 

@@ -81,10 +81,12 @@ class StepTape:
         k, x, tape = lax.while_loop(cond, body, (zero, x, tape))
         return x, tape, k
 
-    def play_backwards(self, tape, length, ct_x):
+    def play_backwards(self, tape, length, ct_x, first_row=0):
         """Pull the cotangent `ct_x` of the state after `length` recorded steps back
         to the state before them; returns `(ct_consts, ct_x)` (floating-point
-        leaves only)."""
+        leaves only). The steps' states are in rows `first_row, first_row + 1, ...`
+        (modulo `window`: a ring)."""
+        window = jtu.tree_leaves(tape)[0].shape[0] if jtu.tree_leaves(tape) else 1
 
         def f(c_diff, x_diff, x_rest):
             out = self.step(
@@ -95,8 +97,9 @@ class StepTape:
         def body(carry):
             k, ct_x, ct_c = carry
             k = k - 1
+            row = (first_row + k) % window
             dyn = jtu.tree_map(
-                lambda t: lax.dynamic_index_in_dim(t, k, 0, keepdims=False), tape
+                lambda t: lax.dynamic_index_in_dim(t, row, 0, keepdims=False), tape
             )
             x = (dyn, self.bufs)
             x_diff, x_rest = eqx.partition(x, _inexact_mask(x))
