@@ -379,16 +379,21 @@ def test_recursive_checkpoint_bisected_gaps():
     assert rel_err(got, want) < 1e-10
 
 
-@pytest.mark.parametrize("num_steps", [3, 4, 13])
-def test_recursive_checkpoint_ring(num_steps):
-    """The forward pass keeps the last `window` (here 4) states in a ring, played
-    back first: fewer steps than the window (no replay at all), exactly a window,
-    and a ring that has wrapped around (13 = 3 x 4 + 1) before the checkpointed
-    windows. The gradient is DirectAdjoint's."""
+@pytest.mark.parametrize("num_steps", [5, 12, 40])
+def test_recursive_checkpoint_ring(num_steps, monkeypatch):
+    """With a window longer than the checkpoint count (the default's, for a small
+    state: here forced to 12 steps against 8 checkpoints), the forward pass keeps
+    the last window of states in a ring, played back first: fewer steps than the
+    window (no replay at all), exactly a window, and a ring that has wrapped around
+    (40 = 3 x 12 + 4) before the checkpointed windows. The gradient is
+    DirectAdjoint's."""
+    from nde.adjoints import _checkpointed_while_loop as loop
+
+    monkeypatch.setattr(loop, "window_size", lambda *_: 12)
     ts = jnp.linspace(0.0, 1.0, 4)
     grad = jax.grad(_solve_pytree, argnums=(0, 1))
     kw = dict(ts=ts, dt0=1.0 / num_steps, max_steps=64)
-    got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(4), 0.0, 1.0, **kw))
+    got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(), 0.0, 1.0, **kw))
     want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, **kw))
     assert rel_err(got, want) < 1e-10
 

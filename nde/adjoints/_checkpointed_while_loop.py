@@ -44,6 +44,16 @@ push): when a step is cheap that iteration dominates, and for a small state (a
 batch-1 neural ODE: tens of bytes) a long window removes almost all of them at a
 negligible, fixed cost in memory.
 
+**Ring.** When the window is longer than the checkpoint count (the default, for a
+small state), the forward pass also writes each step's input state into a ring of
+`window` rows, so that the last window is on tape when the backward pass starts:
+its first iteration plays it back without replaying it. A solve of at most
+`window` steps then recomputes no forward step (a batch-1 or vmapped neural ODE:
+its gradient costs what `checkpoints >= max_steps` costs, in 64 KiB). With a
+window no longer than the gaps between checkpoints, the ring would save a sliver
+of the replays for another write per step and a larger program (measurably more
+resident code: 6 MiB on the memory benchmark's solve), so it is left out.
+
 Memory: `O(checkpoints x state + max(checkpoints x state, TAPE_BYTES))`,
 independent of the number of steps; with `checkpoints >= max_steps`,
 `O(max_steps x state)`. (Under `vmap` each batch element has its own tape: the
@@ -147,12 +157,12 @@ def _packed_step(layout, body_fun, consts):
     return step
 
 
-def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, window):
-    """The loop, storing evenly spread checkpoints of the non-buffer arrays, and the
-    input states of the last `window` steps in a ring (`ring[k % window]` holds the
-    state before step `k`): the backward pass plays the last window back from it
-    without recomputing it (for a solve of at most `window` steps, nothing is
-    recomputed).
+def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring):
+    """The loop, storing evenly spread checkpoints of the non-buffer arrays, and,
+    if `ring` (a window length) is nonzero, the input states of the last `ring`
+    steps in a ring (`ring[k % window]` holds the state before step `k`): the
+    backward pass plays the last window back from it without recomputing it (for a
+    solve of at most `ring` steps, nothing is recomputed).
 
     Slot `s` holds the state after step `at[s]` (-1: empty). A step that is a
     multiple of `stride` is stored in a free slot: an empty one, or one holding a
@@ -164,12 +174,13 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, window):
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
     stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
-    ring = _stacked(dyn, window)
+    ring_buf = _stacked(dyn, ring) if ring else None
     at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
-        dyn, bufs, stack, ring, at, stride, k = carry
-        ring = _put(ring, k % window, dyn)
+        dyn, bufs, stack, ring_buf, at, stride, k = carry
+        if ring:
+            ring_buf = _put(ring_buf, k % ring, dyn)
         dyn, bufs = step(dyn, bufs)
         k = k + 1
         held = at[:checkpoints]
@@ -179,18 +190,18 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, window):
         store = (k % stride == 0) & jnp.any(free)
         slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
         stack = _put(stack, slot, dyn)
-        return dyn, bufs, stack, ring, at.at[slot].set(k), stride, k
+        return dyn, bufs, stack, ring_buf, at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
-    carry = (dyn, bufs, stack, ring, at, one, zero)
-    dyn, bufs, stack, ring, at, _, n = lax.while_loop(
+    carry = (dyn, bufs, stack, ring_buf, at, one, zero)
+    dyn, bufs, stack, ring_buf, at, _, n = lax.while_loop(
         lambda c: cond_fun(consts, layout.unpack(c[0], c[1])), body, carry
     )
-    return layout.unpack(dyn, bufs), (stack, ring, at, n, bufs)
+    return layout.unpack(dyn, bufs), (stack, ring_buf, at, n, bufs)
 
 
 @eqx.filter_custom_vjp
-def _checkpointed(vjp_arg, cond_fun, body_fun, kinds, checkpoints, window):
+def _checkpointed(vjp_arg, cond_fun, body_fun, kinds, checkpoints, window, ring):
     # Not differentiated (a forward solve): no checkpoints needed, so a plain while
     # loop. Carrying unused checkpoint buffers would double the loop's cost.
     consts, init = vjp_arg
@@ -199,11 +210,11 @@ def _checkpointed(vjp_arg, cond_fun, body_fun, kinds, checkpoints, window):
 
 @_checkpointed.def_fwd
 def _checkpointed_fwd(
-    perturbed, vjp_arg, cond_fun, body_fun, kinds, checkpoints, window
+    perturbed, vjp_arg, cond_fun, body_fun, kinds, checkpoints, window, ring
 ):
-    del perturbed
+    del perturbed, window
     consts, init = vjp_arg
-    return _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, window)
+    return _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring)
 
 
 def _inexact_mask(tree):
@@ -232,9 +243,10 @@ def _checkpointed_bwd(
     kinds,
     checkpoints,
     window,
+    ring,
 ):
     del perturbed, cond_fun
-    fwd_stack, ring, at, n, final_bufs = residuals
+    fwd_stack, ring_buf, at, n, final_bufs = residuals
     consts, init = vjp_arg
     layout = _Layout(init, kinds)
     step = lambda c, x: _packed_step(layout, body_fun, c)(*x)
@@ -259,8 +271,10 @@ def _checkpointed_bwd(
     # The last `ring_length` steps are on the forward pass's ring (its row `j mod
     # window` holds step `j`): the first iteration plays them back without recording
     # (one playback loop in the program, not two).
-    ring_length = jnp.minimum(n, window)
-    ring_start = (n - ring_length) % window
+    ring_length = jnp.minimum(n, ring)
+    ring_start = (n - ring_length) % max(ring, 1)
+    if not ring:
+        ring_buf = tape.empty
 
     def body(carry):
         # Each iteration records one window of steps on the tape, from the top
@@ -308,8 +322,8 @@ def _checkpointed_bwd(
         no = jnp.asarray(False)
         return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c, no
 
-    minus_one, yes = jnp.asarray(-1, jnp.int32), jnp.asarray(True)
-    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, ring, ct, ct_c, yes)
+    minus_one, first = jnp.asarray(-1, jnp.int32), jnp.asarray(ring > 0)
+    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, ring_buf, ct, ct_c, first)
     *_, (ct_dyn, ct_bufs), ct_c, _ = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
 
@@ -371,8 +385,11 @@ def checkpointed_while_loop(
         window = window_size(
             checkpoints, max_steps, [x for x, k in leaves if k == "dyn"]
         )
+    # The ring pays when the window is long next to the gaps between checkpoints (a
+    # small state); otherwise it would save a sliver of the replays, for more code.
+    ring = window if window > checkpoints else 0
     return _checkpointed(
-        (consts, init_state), cond_fun, body_fun, kinds, checkpoints, window
+        (consts, init_state), cond_fun, body_fun, kinds, checkpoints, window, ring
     )
 
 
