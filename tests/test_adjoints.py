@@ -379,21 +379,32 @@ def test_recursive_checkpoint_bisected_gaps():
     assert rel_err(got, want) < 1e-10
 
 
-@pytest.mark.parametrize("num_steps", [5, 12, 40])
-def test_recursive_checkpoint_ring(num_steps, monkeypatch):
-    """With a window longer than the checkpoint count (the default's, for a small
-    state: here forced to 12 steps against 8 checkpoints), the forward pass keeps
-    the last window of states in a ring, played back first: fewer steps than the
-    window (no replay at all), exactly a window, and a ring that has wrapped around
-    (40 = 3 x 12 + 4) before the checkpointed windows. The gradient is
-    DirectAdjoint's."""
+@pytest.mark.parametrize(
+    "tape,num_steps",
+    [("ring", 5), ("ring", 12), ("ring", 40)]
+    + [("checkpoints", 5), ("checkpoints", 8), ("checkpoints", 40)],
+)
+def test_recursive_checkpoint_states_on_tape(tape, num_steps, monkeypatch):
+    """The last steps are played back from states the forward pass left behind.
+
+    "ring": a window longer than the checkpoint count (the default's, for a small
+    state; here forced to 12 steps against 8 checkpoints) keeps the last window of
+    states in a ring: fewer steps than the window (no replay at all), exactly a
+    window, and a ring that has wrapped around (40 = 3 x 12 + 4) before the
+    checkpointed windows. "checkpoints": 8 checkpoints hold every state of a solve
+    of fewer steps (5); at 8 steps the stride has doubled and they do not. The
+    gradient is DirectAdjoint's."""
     from nde.adjoints import _checkpointed_while_loop as loop
 
-    monkeypatch.setattr(loop, "window_size", lambda *_: 12)
+    if tape == "ring":
+        monkeypatch.setattr(loop, "window_size", lambda *_: 12)
+        adjoint = nde.RecursiveCheckpointAdjoint()  # 8 checkpoints at max_steps=64
+    else:
+        adjoint = nde.RecursiveCheckpointAdjoint(8)
     ts = jnp.linspace(0.0, 1.0, 4)
     grad = jax.grad(_solve_pytree, argnums=(0, 1))
     kw = dict(ts=ts, dt0=1.0 / num_steps, max_steps=64)
-    got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(), 0.0, 1.0, **kw))
+    got = _flat(grad(Y0, ARGS, adjoint, 0.0, 1.0, **kw))
     want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, **kw))
     assert rel_err(got, want) < 1e-10
 

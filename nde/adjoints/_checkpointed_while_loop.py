@@ -268,13 +268,18 @@ def _checkpointed_bwd(
     # Cotangents of the final state's floating-point leaves (zeros for None).
     ct = _final_cotangent(layout, grad_obj, (dyn0, final_bufs))
     ct_c = jtu.tree_map(jnp.zeros_like, tape.c_diff)
-    # The last `ring_length` steps are on the forward pass's ring (its row `j mod
-    # window` holds step `j`): the first iteration plays them back without recording
-    # (one playback loop in the program, not two).
-    ring_length = jnp.minimum(n, ring)
-    ring_start = (n - ring_length) % max(ring, 1)
-    if not ring:
-        ring_buf = tape.empty
+    # The first iteration plays back, without recording, the last `on_tape` steps if
+    # the forward pass left their states on a tape (one playback loop in the
+    # program, not two): the ring (its row `j mod ring` holds step `j`'s input), or,
+    # if the solve took fewer steps than there are checkpoints, the checkpoints
+    # themselves (the stride never doubled: sorted, row `j` is step `j`'s input).
+    if ring:
+        on_tape = jnp.minimum(n, ring)
+        row0 = (n - on_tape) % ring
+    else:
+        on_tape = jnp.where(n < checkpoints, n, 0)
+        row0 = jnp.asarray(0, jnp.int32)
+        ring_buf = jtu.tree_map(lambda s: s[:checkpoints], stack)  # = window rows
 
     def body(carry):
         # Each iteration records one window of steps on the tape, from the top
@@ -296,7 +301,7 @@ def _checkpointed_bwd(
             lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
-        length = jnp.where(first, ring_length, length)
+        length = jnp.where(first, on_tape, length)
         (new, _), residuals = tape.record(
             (dyn, final_bufs), jnp.where(first, 0, length), residuals
         )
@@ -306,7 +311,7 @@ def _checkpointed_bwd(
             residuals,
             jnp.where(is_last, length, 0),
             ct,
-            jnp.where(first, ring_start, 0),
+            jnp.where(first, row0, 0),
         )
         ct_c = jtu.tree_map(jnp.add, ct_c, d_c)
         # Otherwise push the state reached, once it is the target.
@@ -322,7 +327,7 @@ def _checkpointed_bwd(
         no = jnp.asarray(False)
         return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c, no
 
-    minus_one, first = jnp.asarray(-1, jnp.int32), jnp.asarray(ring > 0)
+    minus_one, first = jnp.asarray(-1, jnp.int32), on_tape > 0
     carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, ring_buf, ct, ct_c, first)
     *_, (ct_dyn, ct_bufs), ct_c, _ = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
