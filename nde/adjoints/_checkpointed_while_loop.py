@@ -52,7 +52,10 @@ its first iteration plays it back without replaying it. A solve of at most
 its gradient costs what `checkpoints >= max_steps` costs, in 64 KiB). With a
 window no longer than the gaps between checkpoints, the ring would save a sliver
 of the replays for another write per step and a larger program (measurably more
-resident code: 6 MiB on the memory benchmark's solve), so it is left out.
+resident code: 6 MiB on the memory benchmark's solve), so it is left out. Without
+a ring, a solve of fewer steps than checkpoints is on tape all the same: the
+stride never doubled, so every state is a checkpoint, and the sorted checkpoints
+are played back as they are.
 
 Memory: `O(checkpoints x state + max(checkpoints x state, TAPE_BYTES))`,
 independent of the number of steps; with `checkpoints >= max_steps`,
@@ -160,7 +163,7 @@ def _packed_step(layout, body_fun, consts):
 def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring):
     """The loop, storing evenly spread checkpoints of the non-buffer arrays, and,
     if `ring` (a window length) is nonzero, the input states of the last `ring`
-    steps in a ring (`ring[k % window]` holds the state before step `k`): the
+    steps in a ring (row `k % ring` holds the state before step `k`): the
     backward pass plays the last window back from it without recomputing it (for a
     solve of at most `ring` steps, nothing is recomputed).
 
@@ -246,7 +249,7 @@ def _checkpointed_bwd(
     ring,
 ):
     del perturbed, cond_fun
-    fwd_stack, ring_buf, at, n, final_bufs = residuals
+    fwd_stack, ring_buf, at, n, final_bufs = residuals  # ring_buf: None if no ring
     consts, init = vjp_arg
     layout = _Layout(init, kinds)
     step = lambda c, x: _packed_step(layout, body_fun, c)(*x)
@@ -274,12 +277,12 @@ def _checkpointed_bwd(
     # if the solve took fewer steps than there are checkpoints, the checkpoints
     # themselves (the stride never doubled: sorted, row `j` is step `j`'s input).
     if ring:
-        on_tape = jnp.minimum(n, ring)
+        tape0, on_tape = ring_buf, jnp.minimum(n, ring)
         row0 = (n - on_tape) % ring
     else:
+        tape0 = jtu.tree_map(lambda s: s[:checkpoints], stack)  # = window rows
         on_tape = jnp.where(n < checkpoints, n, 0)
         row0 = jnp.asarray(0, jnp.int32)
-        ring_buf = jtu.tree_map(lambda s: s[:checkpoints], stack)  # = window rows
 
     def body(carry):
         # Each iteration records one window of steps on the tape, from the top
@@ -328,7 +331,7 @@ def _checkpointed_bwd(
         return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c, no
 
     minus_one, first = jnp.asarray(-1, jnp.int32), on_tape > 0
-    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, ring_buf, ct, ct_c, first)
+    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape0, ct, ct_c, first)
     *_, (ct_dyn, ct_bufs), ct_c, _ = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
 
