@@ -51,6 +51,7 @@ class StepTape:
         self.consts = consts
         self.c_diff, self.c_rest = eqx.partition(consts, eqx.is_inexact_array)
         self.bufs = bufs
+        self.window = window
         self.empty = jtu.tree_map(
             lambda a: jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a)), dyn
         )
@@ -86,7 +87,6 @@ class StepTape:
         to the state before them; returns `(ct_consts, ct_x)` (floating-point
         leaves only). The steps' states are in rows `first_row, first_row + 1, ...`
         (modulo `window`: a ring)."""
-        window = jtu.tree_leaves(tape)[0].shape[0] if jtu.tree_leaves(tape) else 1
 
         def f(c_diff, x_diff, x_rest):
             out = self.step(
@@ -97,7 +97,7 @@ class StepTape:
         def body(carry):
             k, ct_x, ct_c = carry
             k = k - 1
-            row = (first_row + k) % window
+            row = (first_row + k) % self.window
             dyn = jtu.tree_map(
                 lambda t: lax.dynamic_index_in_dim(t, row, 0, keepdims=False), tape
             )
