@@ -35,6 +35,14 @@ copied into checkpoints, since no step's result depends on their contents; on th
 backward pass the final buffers stand in for them, and their cotangents flow back
 through each step's writes.
 
+**Rows.** The stored part of the state is carried, checkpointed and taped as a
+row (`_rows.py`): its large arrays as they are and one vector per dtype for the
+dozen scalars of a solver's state. Each stored array costs a write, a read and a
+select per loop, each a compiled kernel repeating the slot arithmetic: packed,
+the batch-256 neural ODE's gradient compiles 306 fusions instead of 367 (124
+distinct kernels instead of 139), and its resident code shrinks (peak RSS of the
+memory benchmark 278 / 277 MiB instead of 283 / 291).
+
 **Window.** The tape holds `window` states: as many as there are checkpoints; or,
 with the default `checkpoints=None`, more when the state is small: as many as fit
 in `TAPE_BYTES` (64 KiB, never more than `max_steps`). A window's steps are
@@ -68,6 +76,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from ._rows import RowCodec
 from ._tape import StepTape
 
 TAPE_BYTES = 1 << 16
@@ -106,8 +115,10 @@ def buffer_kinds(state, buffers) -> tuple[str, ...]:
 
 
 class _Layout:
-    """Splits a loop state into its array leaves (`dyn`, checkpointed) and its
-    buffer leaves (`bufs`, not checkpointed); non-array leaves are static."""
+    """Splits a loop state into its array leaves (`dyn`, checkpointed), stored and
+    carried as a row (`_rows.py`: the small leaves of each dtype packed into one
+    vector), and its buffer leaves (`bufs`, not checkpointed); non-array leaves
+    are static."""
 
     def __init__(self, state, kinds):
         leaves, self.treedef = jtu.tree_flatten(state)
@@ -115,15 +126,36 @@ class _Layout:
         self.static = [
             x if k == "static" else None for x, k in zip(leaves, kinds, strict=True)
         ]
+        self.rows = RowCodec(self._split(leaves)[0])
 
-    def pack(self, state, flat=False):
-        leaves = state if flat else self.treedef.flatten_up_to(state)
+    def _split(self, leaves):
         dyn = [x for x, k in zip(leaves, self.kinds, strict=True) if k == "dyn"]
         bufs = [x for x, k in zip(leaves, self.kinds, strict=True) if k == "buf"]
         return dyn, bufs
 
-    def unpack(self, dyn, bufs):
-        dyn_iter, buf_iter = iter(dyn), iter(bufs)
+    def pack(self, state):
+        dyn, bufs = self._split(self.treedef.flatten_up_to(state))
+        return self.rows.encode(dyn), bufs
+
+    def pack_cotangent(self, ct):
+        """`pack` for a cotangent of the state (None: zero); the parts of the row
+        that are not floating point come back as None."""
+        dyn, bufs = self._split(self.treedef.flatten_up_to(ct))
+        rows = self.rows
+        dyn = [
+            c if c is not None and jnp.issubdtype(dtype, jnp.inexact)
+            # Integer leaves are packed alongside; their cotangent is dropped below.
+            else jnp.zeros(shape, dtype)
+            for c, shape, dtype in zip(dyn, rows.shapes, rows.dtypes, strict=True)
+        ]
+        row = [
+            x if jnp.issubdtype(x.dtype, jnp.inexact) else None
+            for x in rows.encode(dyn)
+        ]
+        return row, bufs
+
+    def unpack(self, row, bufs):
+        dyn_iter, buf_iter = iter(self.rows.decode(row)), iter(bufs)
         leaves = [
             next(dyn_iter) if k == "dyn" else next(buf_iter) if k == "buf" else s
             for k, s in zip(self.kinds, self.static, strict=True)
@@ -337,14 +369,13 @@ def _checkpointed_bwd(
 
 
 def _final_cotangent(layout, grad_obj, like):
-    """The cotangent of the final state as `(dyn, bufs)`, zeros for None."""
-    ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
-    return _zeros_for_none(ct, like)
+    """The cotangent of the final state as `(row, bufs)`, zeros for None."""
+    return _zeros_for_none(layout.pack_cotangent(grad_obj), like)
 
 
-def _initial_cotangent(layout, ct_dyn, ct_bufs, init):
+def _initial_cotangent(layout, ct_row, ct_bufs, init):
     """The cotangent of `init`, in its structure (floating-point leaves only)."""
-    return eqx.filter(layout.unpack(ct_dyn, ct_bufs), _inexact_mask(init))
+    return eqx.filter(layout.unpack(ct_row, ct_bufs), _inexact_mask(init))
 
 
 def _zeros_for_none(ct, like):
