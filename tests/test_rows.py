@@ -71,8 +71,7 @@ def test_a_missing_part_decodes_to_none():
     state = _state()
     codec = RowCodec(state)
     row = [
-        r if jnp.issubdtype(r.dtype, jnp.inexact) else None
-        for r in codec.encode(state)
+        r if jnp.issubdtype(r.dtype, jnp.inexact) else None for r in codec.encode(state)
     ]
     back = codec.decode(row)
     for x, y in zip(state, back, strict=True):

@@ -143,7 +143,8 @@ class _Layout:
         dyn, bufs = self._split(self.treedef.flatten_up_to(ct))
         rows = self.rows
         dyn = [
-            c if c is not None and jnp.issubdtype(dtype, jnp.inexact)
+            c
+            if c is not None and jnp.issubdtype(dtype, jnp.inexact)
             # Integer leaves are packed alongside; their cotangent is dropped below.
             else jnp.zeros(shape, dtype)
             for c, shape, dtype in zip(dyn, rows.shapes, rows.dtypes, strict=True)
