@@ -240,3 +240,32 @@ def test_t1_only_needs_no_bound_on_steps(max_steps):
         max_steps=max_steps,
     )
     np.testing.assert_allclose(sol.ys, [[np.exp(-1.0)]], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_ts", [3, 8, 9, 37])
+def test_many_ts_per_step_match_the_dense_output(num_ts):
+    """Steps covering one to dozens of save times, under `vmap` a different number
+    per element (the inner save loop runs as long as the longest, masked): every
+    saved value is the step's dense output at its time."""
+    ts = jnp.linspace(0.05, 1.0, num_ts)
+
+    def saved_and_dense(dt0):
+        sol = nde.diffeqsolve(
+            TERM,
+            nde.Tsit5(),
+            0.0,
+            1.0,
+            dt0,
+            Y0,
+            saveat=nde.SaveAt(t0=True, ts=ts, t1=True, dense=True),
+            max_steps=8,
+        )
+        return sol.ts, sol.ys, jax.vmap(sol.evaluate)(ts)
+
+    dt0s = jnp.array([1.0, 0.5, 0.125])  # 1, 2 and 8 steps
+    saved_ts, saved_ys, dense = jax.jit(jax.vmap(saved_and_dense))(dt0s)
+    for e in range(len(dt0s)):
+        np.testing.assert_array_equal(saved_ts[e], np.r_[0.0, ts, 1.0])
+        np.testing.assert_array_equal(saved_ys[e, 0], Y0)
+        np.testing.assert_allclose(saved_ys[e, 1:-1], dense[e], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(saved_ys[e, -1], dense[e, -1], rtol=1e-12)
