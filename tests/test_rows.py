@@ -64,18 +64,3 @@ def test_gradient_flows_through_the_packed_floats():
     dt, dv = jax.grad(f, argnums=(0, 1))(state[1], state[4])
     np.testing.assert_allclose(dt, 2 * state[1])
     np.testing.assert_allclose(dv, 3 * state[4] ** 2)
-
-
-def test_a_missing_part_decodes_to_none():
-    # Cotangent rows carry None for their integer part.
-    state = _state()
-    codec = RowCodec(state)
-    row = [
-        r if jnp.issubdtype(r.dtype, jnp.inexact) else None for r in codec.encode(state)
-    ]
-    back = codec.decode(row)
-    for x, y in zip(state, back, strict=True):
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            np.testing.assert_array_equal(x, y)
-        else:
-            assert y is None

@@ -35,13 +35,15 @@ copied into checkpoints, since no step's result depends on their contents; on th
 backward pass the final buffers stand in for them, and their cotangents flow back
 through each step's writes.
 
-**Rows.** The stored part of the state is carried, checkpointed and taped as a
-row (`_rows.py`): its large arrays as they are and one vector per dtype for the
-dozen scalars of a solver's state. Each stored array costs a write, a read and a
-select per loop, each a compiled kernel repeating the slot arithmetic: packed,
-the batch-256 neural ODE's gradient compiles 306 fusions instead of 367 (124
-distinct kernels instead of 139), and its resident code shrinks (peak RSS of the
-memory benchmark 278 / 277 MiB instead of 283 / 291).
+**Rows.** The stored part of the state is checkpointed and taped as a row
+(`_rows.py`): its large arrays as they are and one vector per dtype for the dozen
+scalars of a solver's state. Each stored array costs a write and a read per loop,
+each a compiled kernel repeating the slot arithmetic: packed, the batch-256 neural
+ODE's gradient compiles 328 fusions instead of 367. The loops themselves carry the
+state as it is: under `vmap` a packed row would batch every leaf packed with a
+batched one, and the loop must return each part of the state with the batching the
+undifferentiated loop gives it (the index of the final save, unbatched until the
+end, beside per-element step counts).
 
 **Window.** The tape holds `window` states: as many as there are checkpoints; or,
 with the default `checkpoints=None`, more when the state is small: as many as fit
@@ -115,10 +117,8 @@ def buffer_kinds(state, buffers) -> tuple[str, ...]:
 
 
 class _Layout:
-    """Splits a loop state into its array leaves (`dyn`, checkpointed), stored and
-    carried as a row (`_rows.py`: the small leaves of each dtype packed into one
-    vector), and its buffer leaves (`bufs`, not checkpointed); non-array leaves
-    are static."""
+    """Splits a loop state into its array leaves (`dyn`, checkpointed) and its
+    buffer leaves (`bufs`, not checkpointed); non-array leaves are static."""
 
     def __init__(self, state, kinds):
         leaves, self.treedef = jtu.tree_flatten(state)
@@ -126,37 +126,17 @@ class _Layout:
         self.static = [
             x if k == "static" else None for x, k in zip(leaves, kinds, strict=True)
         ]
-        self.rows = RowCodec(self._split(leaves)[0])
+        # How checkpoints and the ring store the `dyn` leaves (as the tape does).
+        self.rows = RowCodec(self.pack(state)[0])
 
-    def _split(self, leaves):
+    def pack(self, state, flat=False):
+        leaves = state if flat else self.treedef.flatten_up_to(state)
         dyn = [x for x, k in zip(leaves, self.kinds, strict=True) if k == "dyn"]
         bufs = [x for x, k in zip(leaves, self.kinds, strict=True) if k == "buf"]
         return dyn, bufs
 
-    def pack(self, state):
-        dyn, bufs = self._split(self.treedef.flatten_up_to(state))
-        return self.rows.encode(dyn), bufs
-
-    def pack_cotangent(self, ct):
-        """`pack` for a cotangent of the state (None: zero); the parts of the row
-        that are not floating point come back as None."""
-        dyn, bufs = self._split(self.treedef.flatten_up_to(ct))
-        rows = self.rows
-        dyn = [
-            c
-            if c is not None and jnp.issubdtype(dtype, jnp.inexact)
-            # Integer leaves are packed alongside; their cotangent is dropped below.
-            else jnp.zeros(shape, dtype)
-            for c, shape, dtype in zip(dyn, rows.shapes, rows.dtypes, strict=True)
-        ]
-        row = [
-            x if jnp.issubdtype(x.dtype, jnp.inexact) else None
-            for x in rows.encode(dyn)
-        ]
-        return row, bufs
-
-    def unpack(self, row, bufs):
-        dyn_iter, buf_iter = iter(self.rows.decode(row)), iter(bufs)
+    def unpack(self, dyn, bufs):
+        dyn_iter, buf_iter = iter(dyn), iter(bufs)
         leaves = [
             next(dyn_iter) if k == "dyn" else next(buf_iter) if k == "buf" else s
             for k, s in zip(self.kinds, self.static, strict=True)
@@ -209,14 +189,15 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring):
     layout = _Layout(init, kinds)
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
-    stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
-    ring_buf = _stacked(dyn, ring) if ring else None
+    row = layout.rows.encode(dyn)
+    stack = _put(_stacked(row, checkpoints + 1), 0, row)
+    ring_buf = _stacked(row, ring) if ring else None
     at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
         dyn, bufs, stack, ring_buf, at, stride, k = carry
         if ring:
-            ring_buf = _put(ring_buf, k % ring, dyn)
+            ring_buf = _put(ring_buf, k % ring, layout.rows.encode(dyn))
         dyn, bufs = step(dyn, bufs)
         k = k + 1
         held = at[:checkpoints]
@@ -225,7 +206,7 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring):
         free = (held < 0) | (held % stride != 0)
         store = (k % stride == 0) & jnp.any(free)
         slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
-        stack = _put(stack, slot, dyn)
+        stack = _put(stack, slot, layout.rows.encode(dyn))
         return dyn, bufs, stack, ring_buf, at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
@@ -333,14 +314,15 @@ def _checkpointed_bwd(
         target = jnp.where((gap - 1) // window <= free, i + window, i + gap // 2)
         resume = jnp.logical_not(is_last) & (cursor_at > i) & (cursor_at < target)
         start = jnp.where(resume, cursor_at, i)
-        dyn = jtu.tree_map(
+        row = jtu.tree_map(
             lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
         length = jnp.where(first, on_tape, length)
         (new, _), residuals = tape.record(
-            (dyn, final_bufs), jnp.where(first, 0, length), residuals
+            (tape.from_row(row), final_bufs), jnp.where(first, 0, length), residuals
         )
+        new = tape.to_row(new)
         # Play the tape back only if the window ends at m (zero steps otherwise:
         # a `cond` here would copy the whole tape into its operands).
         d_c, ct = tape.play_backwards(
@@ -364,19 +346,21 @@ def _checkpointed_bwd(
         return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c, no
 
     minus_one, first = jnp.asarray(-1, jnp.int32), on_tape > 0
-    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape0, ct, ct_c, first)
+    cursor0 = tape.to_row(dyn0)
+    carry = (stack, steps, count - 1, n - 1, cursor0, minus_one, tape0, ct, ct_c, first)
     *_, (ct_dyn, ct_bufs), ct_c, _ = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
 
 
 def _final_cotangent(layout, grad_obj, like):
-    """The cotangent of the final state as `(row, bufs)`, zeros for None."""
-    return _zeros_for_none(layout.pack_cotangent(grad_obj), like)
+    """The cotangent of the final state as `(dyn, bufs)`, zeros for None."""
+    ct = layout.pack(layout.treedef.flatten_up_to(grad_obj), flat=True)
+    return _zeros_for_none(ct, like)
 
 
-def _initial_cotangent(layout, ct_row, ct_bufs, init):
+def _initial_cotangent(layout, ct_dyn, ct_bufs, init):
     """The cotangent of `init`, in its structure (floating-point leaves only)."""
-    return eqx.filter(layout.unpack(ct_row, ct_bufs), _inexact_mask(init))
+    return eqx.filter(layout.unpack(ct_dyn, ct_bufs), _inexact_mask(init))
 
 
 def _zeros_for_none(ct, like):

@@ -47,14 +47,10 @@ class RowCodec:
         return row
 
     def decode(self, row):
-        """The leaves of `row`; None (a row's part without a cotangent) gives None
-        for each leaf in it."""
         leaves = [None] * len(self.shapes)
         for i, x in zip(self.big, row, strict=False):
             leaves[i] = x
         for (_, members), packed in zip(self.groups, row[len(self.big) :], strict=True):
-            if packed is None:
-                continue
             start = 0
             for i in members:
                 size = int(np.prod(self.shapes[i]))

@@ -16,6 +16,11 @@ linearisation inside one loop iteration, where XLA fuses it and it stays in cach
 Measured on the batch-256 neural ODE of `benchmarks/ode_gradient.py`: as fast or
 faster, and far less memory (see `README.md`).
 
+A row of the tape is a state as `_rows.RowCodec` packs it: its large arrays and
+one vector per dtype of the small ones (one write and one read each, not one per
+scalar of the solver's state). The loops themselves carry the state as it is: a
+packed row mixes leaves that `vmap` may batch differently.
+
 The parts of the state that are write-only buffers (the save buffers of `SaveAt`,
 see `_checkpointed_while_loop.py`) are not stored: a step does not read them, so
 one stand-in serves every step.
@@ -26,6 +31,8 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+
+from ._rows import RowCodec
 
 
 def _inexact_mask(tree):
@@ -52,9 +59,19 @@ class StepTape:
         self.c_diff, self.c_rest = eqx.partition(consts, eqx.is_inexact_array)
         self.bufs = bufs
         self.window = window
-        self.empty = jtu.tree_map(
-            lambda a: jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a)), dyn
-        )
+        leaves, self._dyn_def = jtu.tree_flatten(dyn)
+        self.codec = RowCodec(leaves)
+        self.empty = [
+            jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a))
+            for a in self.to_row(dyn)
+        ]
+
+    def to_row(self, dyn):
+        """The stored form of `dyn`: a list of arrays (see `_rows.py`)."""
+        return self.codec.encode(self._dyn_def.flatten_up_to(dyn))
+
+    def from_row(self, row):
+        return jtu.tree_unflatten(self._dyn_def, self.codec.decode(row))
 
     def record(self, x, length, tape):
         """Run `length <= window` steps from `x = (dyn, bufs)`; return the final
@@ -69,9 +86,10 @@ class StepTape:
 
         def body(carry):
             k, x, tape = carry
-            tape = jtu.tree_map(
-                lambda t, a: lax.dynamic_update_index_in_dim(t, a, k, 0), tape, x[0]
-            )
+            tape = [
+                lax.dynamic_update_index_in_dim(t, a, k, 0)
+                for t, a in zip(tape, self.to_row(x[0]), strict=True)
+            ]
             return k + 1, self.step(self.consts, x), tape
 
         def cond(carry):
@@ -98,8 +116,8 @@ class StepTape:
             k, ct_x, ct_c = carry
             k = k - 1
             row = (first_row + k) % self.window
-            dyn = jtu.tree_map(
-                lambda t: lax.dynamic_index_in_dim(t, row, 0, keepdims=False), tape
+            dyn = self.from_row(
+                [lax.dynamic_index_in_dim(t, row, 0, keepdims=False) for t in tape]
             )
             x = (dyn, self.bufs)
             x_diff, x_rest = eqx.partition(x, _inexact_mask(x))
