@@ -203,7 +203,7 @@ def test_scan_stages_gives_the_same_solve(solver_cls, order, adaptive):
     """`scan_stages=True` runs the same arithmetic, summed in a different order."""
     tol = 1e-4 if order <= 2 else 1e-6
     solve = jax.jit(_scan_stages_solves, static_argnums=(0, 1))
-    unrolled = solve(solver_cls(), adaptive, tol)
+    unrolled = solve(solver_cls(scan_stages=False), adaptive, tol)
     scanned = solve(solver_cls(scan_stages=True), adaptive, tol)
     # Fixed steps: equal up to a few ulps per step (1e-12 over 60 steps of a
     # solution of size ~5), the dense output included.
@@ -219,6 +219,104 @@ def test_scan_stages_gives_the_same_solve(solver_cls, order, adaptive):
     for key in ("num_steps", "num_accepted_steps", "num_rejected_steps"):
         assert stats_u[key] == stats_s[key], key
     np.testing.assert_allclose(ys_u, ys_s, rtol=tol, atol=tol)
+
+
+def _primitives(jaxpr, found=None):
+    """Names of every primitive in `jaxpr`, sub-jaxprs included."""
+    found = set() if found is None else found
+    for eqn in jaxpr.eqns:
+        found.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    _primitives(sub, found)
+    return found
+
+
+def _stencil(t, y, args):
+    return jnp.roll(y, 1) - 2 * y + jnp.roll(y, -1) - y**3
+
+
+_W = jnp.eye(4) * 0.5
+
+
+def _blocks(t, y, args):
+    return (y.reshape(-1, 4) @ _W).reshape(-1)
+
+
+def _scanned_by_default(field, n, solver_cls=nde.Tsit5):
+    def solve(y0):
+        return nde.diffeqsolve(
+            nde.ODETerm(field), solver_cls(), 0.0, 1.0, 0.1, y0, max_steps=16
+        ).ys
+
+    return "scan" in _primitives(jax.make_jaxpr(solve)(jnp.ones(n)).jaxpr)
+
+
+def test_scan_stages_default_scans_large_states_without_matrix_products():
+    """`scan_stages=None` (the default) runs the stages in a loop for a state with
+    a leaf of `SCAN_STAGES_MIN_SIZE` elements or more whose vector field has no
+    matrix product (a stencil), and unrolls them otherwise."""
+    from nde.solvers._runge_kutta import SCAN_STAGES_MIN_SIZE
+
+    n = SCAN_STAGES_MIN_SIZE
+    assert _scanned_by_default(_stencil, n)
+    assert _scanned_by_default(_stencil, n, nde.Dopri8)
+    assert not _scanned_by_default(_stencil, n - 1)  # small: unrolled
+    assert not _scanned_by_default(_blocks, n)  # a matrix product: unrolled
+
+    # A matrix product nested inside jit, vmap or a cond branch counts too.
+    nested = jax.jit(jax.vmap(lambda y: _W @ y))
+    assert not _scanned_by_default(
+        lambda t, y, args: nested(y.reshape(-1, 4)).reshape(-1), n
+    )
+    in_cond = lambda t, y, args: jax.lax.cond(
+        t > 0.5, lambda: _blocks(t, y, args), lambda: -y
+    )
+    assert not _scanned_by_default(in_cond, n)
+    # Explicit choices are kept.
+    solve = lambda solver, y0: (
+        nde.diffeqsolve(
+            nde.ODETerm(_stencil), solver, 0.0, 1.0, 0.1, y0, max_steps=16
+        ).ys
+    )
+    big = jnp.ones(n)
+    assert "scan" not in _primitives(
+        jax.make_jaxpr(lambda y: solve(nde.Tsit5(scan_stages=False), y))(big).jaxpr
+    )
+    assert "scan" in _primitives(
+        jax.make_jaxpr(lambda y: solve(nde.Tsit5(scan_stages=True), y[:8]))(big).jaxpr
+    )
+
+
+def test_scan_stages_default_solves_a_large_stencil_as_scanned():
+    """The choice changes only how the stages run: the default's solve of a
+    256-point stencil is the scanned one, bit for bit, and the unrolled one to
+    round-off."""
+    x = jnp.linspace(0.0, 2 * np.pi, 256, endpoint=False)
+    y0 = jnp.sin(x) + 0.1 * jnp.cos(3 * x)
+
+    @jax.jit
+    def solve(y0):
+        out = []
+        for scan in (None, True, False):
+            out.append(
+                nde.diffeqsolve(
+                    nde.ODETerm(_stencil),
+                    nde.Tsit5(scan_stages=scan),
+                    0.0,
+                    1.0,
+                    0.05,
+                    y0,
+                    max_steps=32,
+                ).ys
+            )
+        return out
+
+    default, scanned, unrolled = solve(y0)
+    np.testing.assert_array_equal(default, scanned)
+    np.testing.assert_allclose(default, unrolled, rtol=1e-12, atol=1e-12)
 
 
 def _count_evaluations(solver, num_steps):

@@ -12,6 +12,7 @@ both ends of the step.
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -54,18 +55,58 @@ def _contract(weights, ks):
     return jtu.tree_map(leaf, *ks)
 
 
+# `scan_stages=None`: a state leaf at least this large (elements), and a vector field
+# without matrix products, runs the stages in a loop. (Measured per Tsit5 step on
+# CPU, scanned over unrolled: a 256-point stencil 0.18x, a pointwise field 1.11x;
+# at 1,024 points 0.09x and 0.62x; at 64 points 0.48x and 2.2x.)
+SCAN_STAGES_MIN_SIZE = 256
+_MATRIX_PRODUCTS = frozenset({"dot_general", "conv_general_dilated"})
+
+
+def _prefers_scanned_stages(terms, t0, y0, args) -> bool:
+    """The rule of `scan_stages=None` (see `AbstractRungeKutta`)."""
+    sizes = [jnp.size(x) for x in jtu.tree_leaves(y0)]
+    if max(sizes, default=0) < SCAN_STAGES_MIN_SIZE:
+        return False
+    # Tracing the field once more costs about one stage's tracing, only here.
+    jaxpr = jax.make_jaxpr(lambda t, y: terms.vf(t, y, args))(t0, y0)
+    return not _has_matrix_product(jaxpr.jaxpr)
+
+
+def _has_matrix_product(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _MATRIX_PRODUCTS:
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns") and _has_matrix_product(sub):
+                    return True
+    return False
+
+
 class AbstractRungeKutta(AbstractSolver):
     """An explicit Runge--Kutta method given by `tableau`.
 
     **Arguments:**
 
-    - `scan_stages`: evaluate the stages inside a `lax.scan` rather than unrolled.
-      The vector field is then traced once instead of once per stage: much shorter
-      compile times, the same numbers up to round-off, slightly slower steps.
+    - `scan_stages`: evaluate the stages inside a `lax.scan` (`True`) rather than
+      unrolled (`False`). Scanned, the vector field is traced once instead of once
+      per stage (shorter compile times), the numbers are the same up to round-off,
+      and each stage's input is computed once, in memory, before the field reads
+      it. Unrolled, XLA fuses each stage's input into the field's own kernels: the
+      fewest kernels per step (fastest for small states and for fields built on
+      matrix products), but for a field made only of elementwise and shifting
+      operations on a large state (a stencil, `jnp.roll`: a discretised PDE) it
+      recomputes the earlier stages inside every later one, and a shift keeps
+      that code from vectorising: measured on CPU, a 1,024-point stencil field ran
+      11x slower per step unrolled. The default `None` chooses: scanned when the
+      state has a leaf of at least 256 elements and the vector field contains no
+      matrix product (`dot_general` or a convolution), unrolled otherwise.
     """
 
     tableau: ClassVar[ButcherTableau]
-    scan_stages: bool = eqx.field(static=True, default=False, kw_only=True)
+    scan_stages: bool | None = eqx.field(static=True, default=None, kw_only=True)
 
     def init(self, terms, t0, t1, y0, args):
         return terms.vf(t0, y0, args)
@@ -75,7 +116,10 @@ class AbstractRungeKutta(AbstractSolver):
         control = terms.contr(t0, t1)
         vf0 = self._first_vf(terms, t0, y0, args, solver_state, made_jump)
         k0 = terms.prod(vf0, control)
-        if self.scan_stages:
+        scan = self.scan_stages
+        if scan is None:
+            scan = _prefers_scanned_stages(terms, t0, y0, args)
+        if scan:
             ks, vf_last = self._scanned_stages(terms, t0, t1, y0, args, control, k0)
         else:
             ks, vf_last = self._unrolled_stages(terms, t0, t1, y0, args, control, k0)
