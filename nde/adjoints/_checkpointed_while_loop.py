@@ -35,16 +35,6 @@ copied into checkpoints, since no step's result depends on their contents; on th
 backward pass the final buffers stand in for them, and their cotangents flow back
 through each step's writes.
 
-**Rows.** The stored part of the state is checkpointed and taped as a row
-(`_rows.py`): its large arrays as they are and one vector per dtype for the dozen
-scalars of a solver's state. Each stored array costs a write and a read per loop,
-each a compiled kernel repeating the slot arithmetic: packed, the batch-256 neural
-ODE's gradient compiles 328 fusions instead of 367. The loops themselves carry the
-state as it is: under `vmap` a packed row would batch every leaf packed with a
-batched one, and the loop must return each part of the state with the batching the
-undifferentiated loop gives it (the index of the final save, unbatched until the
-end, beside per-element step counts).
-
 **Window.** The tape holds `window` states: as many as there are checkpoints; or,
 with the default `checkpoints=None`, more when the state is small: as many as fit
 in `TAPE_BYTES` (64 KiB, never more than `max_steps`). A window's steps are
@@ -78,7 +68,6 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._rows import RowCodec
 from ._tape import StepTape
 
 TAPE_BYTES = 1 << 16
@@ -126,8 +115,6 @@ class _Layout:
         self.static = [
             x if k == "static" else None for x, k in zip(leaves, kinds, strict=True)
         ]
-        # How checkpoints and the ring store the `dyn` leaves (as the tape does).
-        self.rows = RowCodec(self.pack(state)[0])
 
     def pack(self, state, flat=False):
         leaves = state if flat else self.treedef.flatten_up_to(state)
@@ -189,15 +176,14 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring):
     layout = _Layout(init, kinds)
     step = _packed_step(layout, body_fun, consts)
     dyn, bufs = layout.pack(init)
-    row = layout.rows.encode(dyn)
-    stack = _put(_stacked(row, checkpoints + 1), 0, row)
-    ring_buf = _stacked(row, ring) if ring else None
+    stack = _put(_stacked(dyn, checkpoints + 1), 0, dyn)
+    ring_buf = _stacked(dyn, ring) if ring else None
     at = jnp.full((checkpoints + 1,), -1, jnp.int32).at[0].set(0)
 
     def body(carry):
         dyn, bufs, stack, ring_buf, at, stride, k = carry
         if ring:
-            ring_buf = _put(ring_buf, k % ring, layout.rows.encode(dyn))
+            ring_buf = _put(ring_buf, k % ring, dyn)
         dyn, bufs = step(dyn, bufs)
         k = k + 1
         held = at[:checkpoints]
@@ -206,7 +192,7 @@ def _run_forward(cond_fun, body_fun, consts, init, kinds, checkpoints, ring):
         free = (held < 0) | (held % stride != 0)
         store = (k % stride == 0) & jnp.any(free)
         slot = jnp.where(store, jnp.argmax(free).astype(jnp.int32), checkpoints)
-        stack = _put(stack, slot, layout.rows.encode(dyn))
+        stack = _put(stack, slot, dyn)
         return dyn, bufs, stack, ring_buf, at.at[slot].set(k), stride, k
 
     one, zero = jnp.asarray(1, jnp.int32), jnp.asarray(0, jnp.int32)
@@ -314,15 +300,14 @@ def _checkpointed_bwd(
         target = jnp.where((gap - 1) // window <= free, i + window, i + gap // 2)
         resume = jnp.logical_not(is_last) & (cursor_at > i) & (cursor_at < target)
         start = jnp.where(resume, cursor_at, i)
-        row = jtu.tree_map(
+        dyn = jtu.tree_map(
             lambda c, s: jnp.where(resume, c, s), cursor, _get(stack, top)
         )
         length = jnp.where(is_last, gap, jnp.minimum(window, target - start))
         length = jnp.where(first, on_tape, length)
         (new, _), residuals = tape.record(
-            (tape.from_row(row), final_bufs), jnp.where(first, 0, length), residuals
+            (dyn, final_bufs), jnp.where(first, 0, length), residuals
         )
-        new = tape.to_row(new)
         # Play the tape back only if the window ends at m (zero steps otherwise:
         # a `cond` here would copy the whole tape into its operands).
         d_c, ct = tape.play_backwards(
@@ -346,8 +331,7 @@ def _checkpointed_bwd(
         return stack, steps, top, m, new, cursor_at, residuals, ct, ct_c, no
 
     minus_one, first = jnp.asarray(-1, jnp.int32), on_tape > 0
-    cursor0 = tape.to_row(dyn0)
-    carry = (stack, steps, count - 1, n - 1, cursor0, minus_one, tape0, ct, ct_c, first)
+    carry = (stack, steps, count - 1, n - 1, dyn0, minus_one, tape0, ct, ct_c, first)
     *_, (ct_dyn, ct_bufs), ct_c, _ = lax.while_loop(lambda c: c[3] >= 0, body, carry)
     return ct_c, _initial_cotangent(layout, ct_dyn, ct_bufs, init)
 

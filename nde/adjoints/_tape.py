@@ -16,11 +16,6 @@ linearisation inside one loop iteration, where XLA fuses it and it stays in cach
 Measured on the batch-256 neural ODE of `benchmarks/ode_gradient.py`: as fast or
 faster, and far less memory (see `README.md`).
 
-A row of the tape is a state as `_rows.RowCodec` packs it: its large arrays and
-one vector per dtype of the small ones (one write and one read each, not one per
-scalar of the solver's state). The loops themselves carry the state as it is: a
-packed row mixes leaves that `vmap` may batch differently.
-
 The parts of the state that are write-only buffers (the save buffers of `SaveAt`,
 see `_checkpointed_while_loop.py`) are not stored: a step does not read them, so
 one stand-in serves every step.
@@ -31,8 +26,6 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-
-from ._rows import RowCodec
 
 
 def _inexact_mask(tree):
@@ -59,19 +52,9 @@ class StepTape:
         self.c_diff, self.c_rest = eqx.partition(consts, eqx.is_inexact_array)
         self.bufs = bufs
         self.window = window
-        leaves, self._dyn_def = jtu.tree_flatten(dyn)
-        self.codec = RowCodec(leaves)
-        self.empty = [
-            jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a))
-            for a in self.to_row(dyn)
-        ]
-
-    def to_row(self, dyn):
-        """The stored form of `dyn`: a list of arrays (see `_rows.py`)."""
-        return self.codec.encode(self._dyn_def.flatten_up_to(dyn))
-
-    def from_row(self, row):
-        return jtu.tree_unflatten(self._dyn_def, self.codec.decode(row))
+        self.empty = jtu.tree_map(
+            lambda a: jnp.zeros((window,) + jnp.shape(a), jnp.result_type(a)), dyn
+        )
 
     def record(self, x, length, tape):
         """Run `length <= window` steps from `x = (dyn, bufs)`; return the final
@@ -86,10 +69,9 @@ class StepTape:
 
         def body(carry):
             k, x, tape = carry
-            tape = [
-                lax.dynamic_update_index_in_dim(t, a, k, 0)
-                for t, a in zip(tape, self.to_row(x[0]), strict=True)
-            ]
+            tape = jtu.tree_map(
+                lambda t, a: lax.dynamic_update_index_in_dim(t, a, k, 0), tape, x[0]
+            )
             return k + 1, self.step(self.consts, x), tape
 
         def cond(carry):
@@ -116,8 +98,8 @@ class StepTape:
             k, ct_x, ct_c = carry
             k = k - 1
             row = (first_row + k) % self.window
-            dyn = self.from_row(
-                [lax.dynamic_index_in_dim(t, row, 0, keepdims=False) for t in tape]
+            dyn = jtu.tree_map(
+                lambda t: lax.dynamic_index_in_dim(t, row, 0, keepdims=False), tape
             )
             x = (dyn, self.bufs)
             x_diff, x_rest = eqx.partition(x, _inexact_mask(x))
