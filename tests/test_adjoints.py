@@ -294,23 +294,13 @@ def test_vmap_of_gradients(adjoint):
         assert rel_err(_flat(take(out)), _flat(expected)) < 1e-9
 
 
-def _x64(enabled: bool):
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(enabled)
-    from jax.experimental import disable_x64, enable_x64
-
-    return enable_x64() if enabled else disable_x64()
-
-
-@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
 @pytest.mark.parametrize("checkpoints", [None, 64], ids=["checkpointed", "every-step"])
-def test_gradient_of_a_vmapped_solve_with_unbatched_state(checkpoints, x64):
+def test_gradient_of_a_vmapped_solve_with_unbatched_state(checkpoints):
     """The gradient of a batch of solves (the usual loss of a neural ODE). Under
     `vmap` some parts of the loop's state stay unbatched (the index of the save
     at t1, before the final save) while others are batched (each element's step
     count): the checkpointed loops must return every part with the batching the
-    undifferentiated loop gives it. (Which parts share a dtype, and so could be
-    stored together, depends on x64: both modes.)"""
+    undifferentiated loop gives it."""
 
     def loss(p, y0):
         sol = nde.diffeqsolve(
@@ -327,17 +317,14 @@ def test_gradient_of_a_vmapped_solve_with_unbatched_state(checkpoints, x64):
         )
         return jnp.sum(sol.ys)
 
-    with _x64(x64):
-        y0s = jnp.linspace(1.0, 2.0, 3)[:, None]
-        p = jnp.asarray(0.7)
-        batched = jax.grad(lambda p: jnp.sum(jax.vmap(loss, (None, 0))(p, y0s)))
-        single = jax.grad(loss)
-        # Not inside `jit`: `diffeqsolve` then compiles the solve itself (the
-        # mismatch showed only there).
-        got = batched(p)
-        expected = sum(jax.jit(single)(p, y0) for y0 in y0s)
-    assert got.dtype == (jnp.float64 if x64 else jnp.float32)
-    np.testing.assert_allclose(got, expected, rtol=1e-10 if x64 else 1e-5)
+    y0s = jnp.linspace(1.0, 2.0, 3)[:, None]
+    p = jnp.asarray(0.7)
+    batched = jax.grad(lambda p: jnp.sum(jax.vmap(loss, (None, 0))(p, y0s)))
+    # Not inside `jit`: `diffeqsolve` then compiles the solve itself (the mismatch
+    # showed only there).
+    got = batched(p)
+    expected = sum(jax.jit(jax.grad(loss))(p, y0) for y0 in y0s)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
 def test_time_gradients():

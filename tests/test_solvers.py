@@ -16,6 +16,7 @@ import scipy.linalg
 from helpers import ODE_SOLVERS
 
 import nde
+from nde.solvers._runge_kutta import primitive_names
 
 # Measured slopes are allowed this far from the theoretical order: the finest
 # step sizes are in the asymptotic regime to about 0.1 (see the fits below), and a
@@ -221,19 +222,6 @@ def test_scan_stages_gives_the_same_solve(solver_cls, order, adaptive):
     np.testing.assert_allclose(ys_u, ys_s, rtol=tol, atol=tol)
 
 
-def _primitives(jaxpr, found=None):
-    """Names of every primitive in `jaxpr`, sub-jaxprs included."""
-    found = set() if found is None else found
-    for eqn in jaxpr.eqns:
-        found.add(eqn.primitive.name)
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    _primitives(sub, found)
-    return found
-
-
 def _stencil(t, y, args):
     return jnp.roll(y, 1) - 2 * y + jnp.roll(y, -1) - y**3
 
@@ -251,7 +239,7 @@ def _scanned_by_default(field, n, solver_cls=nde.Tsit5):
             nde.ODETerm(field), solver_cls(), 0.0, 1.0, 0.1, y0, max_steps=16
         ).ys
 
-    return "scan" in _primitives(jax.make_jaxpr(solve)(jnp.ones(n)).jaxpr)
+    return "scan" in primitive_names(jax.make_jaxpr(solve)(jnp.ones(n)).jaxpr)
 
 
 def test_scan_stages_default_scans_large_states_without_matrix_products():
@@ -282,10 +270,10 @@ def test_scan_stages_default_scans_large_states_without_matrix_products():
         ).ys
     )
     big = jnp.ones(n)
-    assert "scan" not in _primitives(
+    assert "scan" not in primitive_names(
         jax.make_jaxpr(lambda y: solve(nde.Tsit5(scan_stages=False), y))(big).jaxpr
     )
-    assert "scan" in _primitives(
+    assert "scan" in primitive_names(
         jax.make_jaxpr(lambda y: solve(nde.Tsit5(scan_stages=True), y[:8]))(big).jaxpr
     )
 

@@ -74,15 +74,21 @@ def _prefers_scanned_stages(terms, t0, y0, args) -> bool:
 
 
 def _has_matrix_product(jaxpr) -> bool:
+    return not _MATRIX_PRODUCTS.isdisjoint(primitive_names(jaxpr))
+
+
+def primitive_names(jaxpr, found=None) -> set[str]:
+    """The names of every primitive in `jaxpr`, its sub-jaxprs (jit, vmap, cond,
+    loops, custom derivatives) included."""
+    found = set() if found is None else found
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name in _MATRIX_PRODUCTS:
-            return True
+        found.add(eqn.primitive.name)
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
-                if hasattr(sub, "eqns") and _has_matrix_product(sub):
-                    return True
-    return False
+                if hasattr(sub, "eqns"):
+                    primitive_names(sub, found)
+    return found
 
 
 class AbstractRungeKutta(AbstractSolver):
