@@ -444,11 +444,14 @@ def test_recursive_checkpoint_states_on_tape(tape, num_steps, monkeypatch):
 
 def test_default_window_sized_by_bytes():
     """`checkpoints=None` replays as many steps at a time as there are checkpoints,
-    or as many as fit in `TAPE_BYTES` when that is more (at most `max_steps`)."""
-    from nde.adjoints._checkpointed_while_loop import TAPE_BYTES, window_size
+    or as many as fit in `TAPE_BYTES` when that is more (at most `TAPE_ROWS` and
+    `max_steps`)."""
+    from nde.adjoints._checkpointed_while_loop import TAPE_BYTES, TAPE_ROWS, window_size
 
     small = [jnp.zeros(4, jnp.float32), jnp.zeros((), jnp.int32)]  # 20 bytes
-    assert window_size(14, 4096, small) == TAPE_BYTES // 20
+    assert window_size(14, 1 << 30, small) == TAPE_ROWS
     assert window_size(14, 100, small) == 100
+    wide = [jnp.zeros(1024, jnp.float32)]  # 4 KiB: a batch-256 state of a 4-D ODE
+    assert window_size(14, 4096, wide) == TAPE_BYTES // 4096
     big = [jnp.zeros(TAPE_BYTES // 16, jnp.float32)]  # 4 fit
     assert window_size(14, 4096, big) == 14

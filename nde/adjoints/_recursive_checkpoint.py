@@ -22,9 +22,9 @@ class RecursiveCheckpointAdjoint(AbstractAdjoint):
     - `checkpoints`: how many states to store on the forward pass (the backward pass
       uses as many again, and replays up to as many steps at a time from a tape of
       their states). `None` picks about `log2(max_steps)`, which needs a finite
-      `max_steps`, and lets the tape hold more steps when their states fit in 64 KiB
-      (a small state: one replay for the whole solve). More checkpoints mean less
-      recomputation; `checkpoints >= max_steps` stores every step's state on the
+      `max_steps`, and lets the tape hold more steps when their states fit in 1 MiB
+      (up to 1,024 steps: a solve that fits is not replayed). More checkpoints mean
+      less recomputation; `checkpoints >= max_steps` stores every step's state on the
       forward pass and recomputes no forward steps (memory `max_steps x state`; the
       fastest gradient when that fits).
     """
