@@ -32,7 +32,10 @@ run to run on this machine, and even 600-step runs of one contestant after the
 other moved by 0.2 (the shared machine's speed drifts over seconds): nde and
 Diffrax therefore run alternately, `--rounds` times (default 3; each round
 compiles afresh), and the ratio reported is the median of the rounds' ratios,
-each shown. torchdiffeq runs once, in the first round.
+each shown. torchdiffeq runs once, in the first round. Last, "fixed work": the
+jitted gradient of one batch at the model nde's first round trained, nde's and
+Diffrax's called in alternation (`fixed_work`): the part of the step that differs,
+measured without the drift of whole runs (a secondary figure, not the target).
 Targets: nde >= 1.25x Diffrax, nde >= 20x torchdiffeq (steps/s).
 """
 
@@ -88,6 +91,7 @@ def run_nde(steps: int) -> dict:
         "num_steps": log["solve/num_steps"],
         "loss_mean": log["train/loss"],
         "steps_timed": WARMUP + steps - 1,
+        "model": trainer.state.model,  # for `fixed_work`; not reported
     }
 
 
@@ -108,16 +112,11 @@ def initial_model_and_batches(steps: int):
     return model, batches
 
 
-def run_diffrax(steps: int) -> dict:
+def diffrax_loss(model, ts, ys):
+    """The recipe's loss written for Diffrax: (MSE along the series, solver steps)."""
     import diffrax
-    import equinox as eqx
     import jax
     import jax.numpy as jnp
-    import optax
-
-    model, batches = initial_model_and_batches(WARMUP + steps)
-    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
 
     def solve(model, ts, y0):
         sol = diffrax.diffeqsolve(
@@ -133,10 +132,59 @@ def run_diffrax(steps: int) -> dict:
         )
         return sol.ys, sol.stats["num_steps"]
 
-    @eqx.filter_value_and_grad(has_aux=True)
-    def loss(model, ts, ys):
-        pred, n = jax.vmap(solve, in_axes=(None, 0, 0))(model, ts, ys[:, 0])
-        return jnp.mean((pred - ys) ** 2), n
+    pred, n = jax.vmap(solve, in_axes=(None, 0, 0))(model, ts, ys[:, 0])
+    return jnp.mean((pred - ys) ** 2), n
+
+
+def fixed_work(model, rounds: int = 7, calls: int = 20) -> dict:
+    """The jitted gradient of one batch's loss at a fixed model (the one nde's
+    first round trained), nde's (the recipe's `loss`) and Diffrax's, called in
+    alternation: the same work every call, so the machine's drift over a run
+    cancels out of the ratio. Milliseconds per call, the median over `rounds`."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from recipes.neural_ode import NeuralODE
+
+    trainer = NeuralODE(make_config(1))
+    _, batches = initial_model_and_batches(1)
+    ts, ys, n = (jnp.asarray(x) for x in batches[0])
+    key = jax.random.PRNGKey(0)
+    grads = {
+        "nde": eqx.filter_jit(
+            eqx.filter_grad(lambda m: trainer.loss(m, (ts, ys, n), key=key)[0])
+        ),
+        "diffrax": eqx.filter_jit(
+            eqx.filter_grad(lambda m: diffrax_loss(m, ts, ys)[0])
+        ),
+    }
+    times = {name: [] for name in grads}
+    for f in grads.values():
+        jax.block_until_ready(f(model))
+    for _ in range(rounds):
+        for name, f in grads.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = f(model)
+            jax.block_until_ready(out)
+            times[name].append(1e3 * (time.perf_counter() - start) / calls)
+    out = {name: _median(t) for name, t in times.items()}
+    out["diffrax_over_nde"] = out["diffrax"] / out["nde"]
+    return out
+
+
+def run_diffrax(steps: int) -> dict:
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    model, batches = initial_model_and_batches(WARMUP + steps)
+    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+
+    loss = eqx.filter_value_and_grad(diffrax_loss, has_aux=True)
 
     @eqx.filter_jit
     def make_step(ts, ys, model, opt_state):
@@ -275,6 +323,13 @@ def to_markdown(results: dict, env: dict) -> str:
             f"| nde >= 1.25x Diffrax | {ratio:.2f}x (median of the rounds: {each}) "
             f"| **{ok}** |"
         )
+    if "fixed_work" in results:
+        fw = results["fixed_work"]
+        lines.append(
+            f"| (the batch gradient alone, fixed work, alternating: nde "
+            f"{fw['nde']:.2f} ms, Diffrax {fw['diffrax']:.2f} ms) | "
+            f"{fw['diffrax_over_nde']:.2f}x | |"
+        )
     if nde and tdq:
         ratio = nde["steps_per_sec"] / tdq["steps_per_sec"]
         ok = "PASS" if ratio >= 20 else "FAIL"
@@ -325,6 +380,12 @@ def main(argv=None) -> tuple[str, dict]:
                 print(f"[training] round {i} {name} ...", file=sys.stderr, flush=True)
                 this[name] = run()
             rounds.append(this)
+        if "nde" in rounds[0] and "diffrax" in rounds[0] and not opts.quick:
+            print("[training] fixed work ...", file=sys.stderr, flush=True)
+            results["fixed_work"] = fixed_work(rounds[0]["nde"]["model"])
+    for r in rounds:
+        if "nde" in r:
+            del r["nde"]["model"]
     # Per contestant: its median round; the ratio: the median of the rounds' ratios.
     for name in runs:
         got = [r[name] for r in rounds if name in r]
