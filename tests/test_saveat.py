@@ -269,3 +269,31 @@ def test_many_ts_per_step_match_the_dense_output(num_ts):
         np.testing.assert_array_equal(saved_ys[e, 0], Y0)
         np.testing.assert_allclose(saved_ys[e, 1:-1], dense[e], rtol=1e-12, atol=0)
         np.testing.assert_allclose(saved_ys[e, -1], dense[e, -1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 256, 1024])
+def test_save_blocks_by_state_size(size):
+    """The save times due in a step are written together, as a block of up to 8 for
+    a small saved value, fewer for a large one (1 from 1,024 elements), and by the
+    inner loop beyond: with steps covering 0, 1, 3 and 5 save times, every saved
+    value is the dense output at its time, whatever the state's size."""
+    from nde._saving import _block_size
+
+    buf = jnp.zeros((7, size))
+    assert _block_size(buf) == {1: 8, 256: 4, 1024: 1}[size]
+    y0 = jnp.linspace(0.5, 1.5, size)
+    ts = jnp.array([0.3, 0.55, 0.6, 0.7, 0.76, 0.8, 0.9, 0.95, 1.0])  # 0, 1, 3, 5
+    sol = nde.diffeqsolve(
+        TERM,
+        nde.Tsit5(),
+        0.0,
+        1.0,
+        0.25,
+        y0,
+        saveat=nde.SaveAt(ts=ts, dense=True),
+        max_steps=4,
+    )
+    np.testing.assert_array_equal(sol.ts, ts)
+    dense = jax.vmap(sol.evaluate)(ts)
+    np.testing.assert_allclose(sol.ys, dense, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(sol.ys, np.exp(-ts)[:, None] * y0, rtol=1e-6)
