@@ -138,9 +138,10 @@ def diffrax_loss(model, ts, ys):
 
 def fixed_work(model, rounds: int = 7, calls: int = 20) -> dict:
     """The jitted gradient of one batch's loss at a fixed model (the one nde's
-    first round trained), nde's (the recipe's `loss`) and Diffrax's, called in
-    alternation: the same work every call, so the machine's drift over a run
-    cancels out of the ratio. Milliseconds per call, the median over `rounds`."""
+    first round trained), nde's (the recipe's `loss`) and Diffrax's, and the loss
+    alone (the forward solves), called in alternation: the same work every call,
+    so the machine's drift over a run cancels out of the ratio. Milliseconds per
+    call, the median over `rounds`."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -151,19 +152,18 @@ def fixed_work(model, rounds: int = 7, calls: int = 20) -> dict:
     _, batches = initial_model_and_batches(1)
     ts, ys, n = (jnp.asarray(x) for x in batches[0])
     key = jax.random.PRNGKey(0)
-    grads = {
-        "nde": eqx.filter_jit(
-            eqx.filter_grad(lambda m: trainer.loss(m, (ts, ys, n), key=key)[0])
-        ),
-        "diffrax": eqx.filter_jit(
-            eqx.filter_grad(lambda m: diffrax_loss(m, ts, ys)[0])
-        ),
+    losses = {
+        "nde": lambda m: trainer.loss(m, (ts, ys, n), key=key)[0],
+        "diffrax": lambda m: diffrax_loss(m, ts, ys)[0],
     }
-    times = {name: [] for name in grads}
-    for f in grads.values():
+    fns = {name: eqx.filter_jit(eqx.filter_grad(f)) for name, f in losses.items()}
+    # The forward solves alone too (100 save times per series, vmapped).
+    fns.update({f"{name} forward": eqx.filter_jit(f) for name, f in losses.items()})
+    times = {name: [] for name in fns}
+    for f in fns.values():
         jax.block_until_ready(f(model))
     for _ in range(rounds):
-        for name, f in grads.items():
+        for name, f in fns.items():
             start = time.perf_counter()
             for _ in range(calls):
                 out = f(model)
@@ -171,6 +171,7 @@ def fixed_work(model, rounds: int = 7, calls: int = 20) -> dict:
             times[name].append(1e3 * (time.perf_counter() - start) / calls)
     out = {name: _median(t) for name, t in times.items()}
     out["diffrax_over_nde"] = out["diffrax"] / out["nde"]
+    out["forward_diffrax_over_nde"] = out["diffrax forward"] / out["nde forward"]
     return out
 
 
@@ -329,6 +330,11 @@ def to_markdown(results: dict, env: dict) -> str:
             f"| (the batch gradient alone, fixed work, alternating: nde "
             f"{fw['nde']:.2f} ms, Diffrax {fw['diffrax']:.2f} ms) | "
             f"{fw['diffrax_over_nde']:.2f}x | |"
+        )
+        lines.append(
+            f"| (its forward solve alone: nde {fw['nde forward']:.2f} ms, Diffrax "
+            f"{fw['diffrax forward']:.2f} ms) | {fw['forward_diffrax_over_nde']:.2f}x "
+            "| |"
         )
     if nde and tdq:
         ratio = nde["steps_per_sec"] / tdq["steps_per_sec"]
