@@ -44,6 +44,8 @@ class Problem(eqx.Module):
     solver_state: PyTree | None = None
     controller_state: PyTree | None = None
     made_jump: Array | None = None
+    # A failure code for inputs found invalid at run time: then no step is taken.
+    initial_result: Array | None = None
 
 
 class State(eqx.Module):
@@ -118,7 +120,11 @@ def init_state(problem: Problem) -> State:
         made_jump=made_jump,
         solver_state=solver_state,
         controller_state=controller_state,
-        result=RESULTS.promote(RESULTS.successful)._value,
+        result=(
+            RESULTS.promote(RESULTS.successful)._value
+            if p.initial_result is None
+            else p.initial_result
+        ),
         num_steps=zero,
         num_accepted_steps=zero,
         num_rejected_steps=zero,

@@ -3,7 +3,10 @@
 Inside the solve a result is a scalar int32 array (cheap to carry through `jit`,
 `vmap` and `while_loop`). Failures are never raised inside the loop: they are
 recorded, the loop stops, and `diffeqsolve(..., throw=True)` raises the message once
-at the end.
+at the end. So are inputs that are only known at run time (a traced `dt0` or
+`SaveAt(ts)`) and invalid: the loop does not start. With `throw=False` a solve
+therefore contains no host callback, which would make every call of the compiled
+program synchronous and keep it out of JAX's persistent compilation cache.
 """
 
 import equinox as eqx
@@ -32,6 +35,19 @@ _MESSAGES: dict[str, str] = {
         "step size controller with tighter tolerances."
     ),
     "event_occurred": "",
+    # Inputs known only at run time (traced under `jit`), found invalid before the
+    # first step: the loop does not run.
+    "invalid_dt0": (
+        "`diffeqsolve(..., dt0=...)` must be non-zero and have the sign of t1 - t0 "
+        "(negative for a reverse-time solve)."
+    ),
+    "saveat_ts_outside": (
+        "`SaveAt(ts=...)` must lie within [t0, t1]. Clip the save times or widen "
+        "the interval."
+    ),
+    "saveat_ts_not_monotonic": (
+        "`SaveAt(ts=...)` must be monotonic in the direction of integration. Sort it."
+    ),
 }
 
 
@@ -77,6 +93,9 @@ class _ResultsNamespace:
     dt_min_reached = Result(2)
     nonfinite = Result(3)
     event_occurred = Result(4)
+    invalid_dt0 = Result(5)
+    saveat_ts_outside = Result(6)
+    saveat_ts_not_monotonic = Result(7)
 
     def __iter__(self):
         return (getattr(self, name) for name, _ in _BY_CODE)

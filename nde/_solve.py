@@ -153,6 +153,9 @@ def _solve(
         solver_state=solver_state,
         controller_state=controller_state,
         made_jump=made_jump,
+        initial_result=validate.traced_input_result(
+            t0, t1, dt0, [sub.ts for sub in sub_saveats(saveat) if sub.ts is not None]
+        ),
     )
     adjoint.validate(problem)
     state = _integer_leaves_nondifferentiable(adjoint.loop(problem))

@@ -1,15 +1,17 @@
 """Checks on `diffeqsolve`'s inputs: each error names the argument, the value
 received and the fix. Concrete values are checked in Python (with the value in the
-message); traced ones with `eqx.error_if` at run time."""
+message); traced ones (`dt0`, `SaveAt(ts)`) become the solve's initial result code
+(`traced_input_result`): no step is taken, and `throw=True` raises the message."""
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import Array
 
+from ._results import RESULTS
 from ._saveat import SaveAt, sub_saveats
 from .controllers import AbstractStepSizeController, StepTo
 from .solvers import AbstractAdaptiveSolver, AbstractSolver
@@ -101,12 +103,7 @@ def check_dt0(t0, t1, dt0, controller: AbstractStepSizeController):
                 f"`dt0={fix}`."
             )
         return dt0
-    return eqx.error_if(
-        jnp.asarray(dt0),
-        (t1 != t0) & ((dt0 == 0) | ((dt0 > 0) != (t1 > t0))),
-        "`diffeqsolve(..., dt0=...)` must be non-zero and have the sign of t1 - t0 "
-        "(negative for a reverse-time solve).",
-    )
+    return dt0  # traced: see `traced_input_result`
 
 
 def check_solver_controller(solver: AbstractSolver, controller):
@@ -155,17 +152,7 @@ def check_saveat_ts(ts, t0, t1):
                 f"({'increasing' if b >= a else 'decreasing'}); got {arr}. Sort it."
             )
         return ts
-    ts = jnp.asarray(ts)
-    lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
-    ts = eqx.error_if(
-        ts, jnp.any((ts < lo) | (ts > hi)), "`SaveAt(ts=...)` must lie within [t0, t1]."
-    )
-    sign = jnp.where(t1 >= t0, 1, -1)
-    return eqx.error_if(
-        ts,
-        jnp.any(jnp.diff(ts) * sign < 0),
-        "`SaveAt(ts=...)` must be monotonic in the direction of integration.",
-    )
+    return ts  # traced: see `traced_input_result`
 
 
 def check_step_to(controller, t0, t1):
@@ -181,3 +168,31 @@ def check_step_to(controller, t0, t1):
             raise ValueError(
                 f"`StepTo(ts)` must be strictly monotonic from t0 to t1; got {arr}."
             )
+
+
+def traced_input_result(t0, t1, dt0, ts_list) -> Array:
+    """The result code for inputs checked only at run time (traced under `jit`): a
+    failure code if `dt0` has the wrong sign or is zero, or a `SaveAt(ts)` leaves
+    [t0, t1] or is not monotonic; `successful` otherwise. The solve starts from it
+    (a failure: no step is taken), and `throw=True` raises its message at the end,
+    so no host callback is needed for these checks."""
+    ok = RESULTS.successful._value
+    code = jnp.asarray(ok, jnp.int32)
+
+    def flag(code, bad, result):
+        return jnp.where((code == ok) & bad, result._value, code).astype(jnp.int32)
+
+    if dt0 is not None and not all(is_concrete(x) for x in (t0, t1, dt0)):
+        bad = (t1 != t0) & ((dt0 == 0) | ((dt0 > 0) != (t1 > t0)))
+        code = flag(code, bad, RESULTS.invalid_dt0)
+    for ts in ts_list:
+        if all(is_concrete(x) for x in (ts, t0, t1)):
+            continue  # checked before tracing
+        ts = jnp.asarray(ts)
+        lo, hi = jnp.minimum(t0, t1), jnp.maximum(t0, t1)
+        code = flag(code, jnp.any((ts < lo) | (ts > hi)), RESULTS.saveat_ts_outside)
+        sign = jnp.where(t1 >= t0, 1, -1)
+        code = flag(
+            code, jnp.any(jnp.diff(ts) * sign < 0), RESULTS.saveat_ts_not_monotonic
+        )
+    return code

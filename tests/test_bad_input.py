@@ -10,6 +10,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import nde
@@ -130,6 +131,34 @@ def test_traced_saveat_ts_outside_the_interval():
         solve(jnp.array([0.5, 1.5]))
     with _raises(Exception, "SaveAt(ts=...)", "monotonic"):
         solve(jnp.array([0.5, 0.2]))
+
+
+def test_traced_inputs_need_no_host_callback():
+    """Traced `dt0` and `SaveAt(ts)` (a training loss: times from the batch) are
+    checked into the solve's result code, not by host callbacks: with throw=False
+    the compiled solve has none (a callback makes every call synchronous and keeps
+    the program out of JAX's persistent compilation cache); throw=True adds the one
+    error check. An invalid input takes no step and reports its result; under
+    `vmap` only that element fails."""
+
+    def solve(t1, dt0, ts, throw):
+        sol = _solve(t1=t1, dt0=dt0, saveat=nde.SaveAt(ts=ts), throw=throw)
+        return sol.ys, sol.result._value, sol.stats["num_steps"]
+
+    args = (1.0, 0.1, jnp.array([0.5, 1.0]))
+    for throw, callbacks in [(False, 0), (True, 1)]:
+        hlo = jax.jit(solve, static_argnums=3).lower(*args, throw).as_text()
+        assert len(re.findall(r"python_\w+_callback\(", hlo)) // 2 == callbacks, throw
+    batched = jax.vmap(solve, in_axes=(None, 0, 0, None))
+    dt0s = jnp.array([0.1, -0.1, 0.1, 0.1])
+    ts = jnp.array([[0.5, 1.0], [0.5, 1.0], [0.5, 1.5], [1.0, 0.5]])
+    ys, results, steps = jax.jit(batched, static_argnums=3)(1.0, dt0s, ts, False)
+    want = [nde.RESULTS.successful, nde.RESULTS.invalid_dt0]
+    want += [nde.RESULTS.saveat_ts_outside, nde.RESULTS.saveat_ts_not_monotonic]
+    np.testing.assert_array_equal(results, [int(r._value) for r in want])
+    np.testing.assert_array_equal(steps, [10, 0, 0, 0])
+    np.testing.assert_allclose(ys[0], np.exp(-np.array([0.5, 1.0]))[:, None], rtol=1e-6)
+    assert not np.any(np.isfinite(ys[1:]))
 
 
 def test_saveat_that_saves_nothing():
