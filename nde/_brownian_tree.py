@@ -218,6 +218,8 @@ class VirtualBrownianTree(AbstractBrownianPath):
     shape: PyTree[jax.ShapeDtypeStruct] = eqx.field(static=True)
     key: PRNGKeyArray
     levy_area: type = eqx.field(static=True)
+    # False inside a solve, which checked its interval up front (`within_solve`).
+    check_queries: bool = eqx.field(static=True)
 
     def __init__(self, t0, t1, tol, shape, key, levy_area=BrownianIncrement):
         check_levy_area("VirtualBrownianTree", levy_area)
@@ -237,6 +239,7 @@ class VirtualBrownianTree(AbstractBrownianPath):
         self.shape = shape
         self.key = key
         self.levy_area = levy_area
+        self.check_queries = True
 
     def _depth(self):
         """The number of bisections; a Python int when the interval is concrete."""
@@ -283,6 +286,8 @@ class VirtualBrownianTree(AbstractBrownianPath):
     def _check_range(self, lo, hi, tdtype):
         t0 = jnp.asarray(self.t0, tdtype)
         t1 = jnp.asarray(self.t1, tdtype)
+        if not self.check_queries:
+            return jnp.clip(lo, t0, t1), jnp.clip(hi, t0, t1)
         slack = 1e-9 * (t1 - t0) if tdtype == jnp.float64 else 1e-5 * (t1 - t0)
         lo = eqx.error_if(
             lo,
@@ -324,3 +329,42 @@ class VirtualBrownianTree(AbstractBrownianPath):
         safe = jnp.where(width > 0, width, 1)
         hh = (integral[1] - integral[0]) / safe - w[0] - dw / 2
         return scale_w * dw, scale_w * jnp.where(width > 0, hh, 0)
+
+
+def within_solve(terms, t0, t1):
+    """`terms` with every `VirtualBrownianTree` marked as checked, and whether the
+    solve's interval leaves one of them (a traced boolean; a concrete mismatch
+    raises here). A solve queries its trees only inside its own interval, so one
+    check up front (into the solve's result code) replaces a run-time check, with
+    its host callback, at every query."""
+    is_tree = lambda x: isinstance(x, VirtualBrownianTree)
+    bad = jnp.asarray(False)
+
+    def mark(x):
+        nonlocal bad
+        if not is_tree(x):
+            return x
+        if _is_concrete(x.t0, x.t1, t0, t1):
+            lo, hi = sorted((float(t0), float(t1)))
+            slack = 1e-9 * (float(x.t1) - float(x.t0))
+            if lo < float(x.t0) - slack or hi > float(x.t1) + slack:
+                raise ValueError(
+                    f"`VirtualBrownianTree(t0={x.t0}, t1={x.t1}, ...)` does not contain "
+                    f"the solve's interval [{lo}, {hi}]. Create it over an interval "
+                    "that contains the whole solve."
+                )
+        else:
+            tdtype = _time_dtype(x.t0, x.t1, t0, t1)
+            a, b = (jnp.asarray(t, tdtype) for t in (t0, t1))
+            lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
+            tree_t0, tree_t1 = (jnp.asarray(t, tdtype) for t in (x.t0, x.t1))
+            slack = (1e-9 if tdtype == jnp.float64 else 1e-5) * (tree_t1 - tree_t0)
+            bad = bad | (lo < tree_t0 - slack) | (hi > tree_t1 + slack)
+        new = object.__new__(VirtualBrownianTree)
+        for name in ("t0", "t1", "tol", "shape", "key", "levy_area"):
+            object.__setattr__(new, name, getattr(x, name))
+        object.__setattr__(new, "check_queries", False)
+        return new
+
+    terms = jtu.tree_map(mark, terms, is_leaf=is_tree)
+    return terms, bad

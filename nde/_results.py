@@ -3,8 +3,8 @@
 Inside the solve a result is a scalar int32 array (cheap to carry through `jit`,
 `vmap` and `while_loop`). Failures are never raised inside the loop: they are
 recorded, the loop stops, and `diffeqsolve(..., throw=True)` raises the message once
-at the end. So are inputs that are only known at run time (a traced `dt0` or
-`SaveAt(ts)`) and invalid: the loop does not start. With `throw=False` a solve
+at the end. So are inputs that are only known at run time (a traced `dt0`,
+`SaveAt(ts)`, or an interval that leaves a `VirtualBrownianTree`) and invalid: the loop does not start. With `throw=False` a solve
 therefore contains no host callback, which would make every call of the compiled
 program synchronous and keep it out of JAX's persistent compilation cache.
 """
@@ -47,6 +47,10 @@ _MESSAGES: dict[str, str] = {
     ),
     "saveat_ts_not_monotonic": (
         "`SaveAt(ts=...)` must be monotonic in the direction of integration. Sort it."
+    ),
+    "brownian_outside": (
+        "A `VirtualBrownianTree(t0, t1, ...)` was queried outside [t0, t1]. Create "
+        "it over an interval that contains the whole solve."
     ),
 }
 
@@ -96,6 +100,7 @@ class _ResultsNamespace:
     invalid_dt0 = Result(5)
     saveat_ts_outside = Result(6)
     saveat_ts_not_monotonic = Result(7)
+    brownian_outside = Result(8)
 
     def __iter__(self):
         return (getattr(self, name) for name, _ in _BY_CODE)

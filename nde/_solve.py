@@ -9,6 +9,7 @@ import jax.tree_util as jtu
 
 from . import _validate as validate
 from ._brownian import check_brownian_stepping
+from ._brownian_tree import within_solve
 from ._custom_types import Args, BoolScalarLike, RealScalarLike
 from ._interpolation import DenseInterpolation
 from ._loop import Problem, State
@@ -135,6 +136,7 @@ def _solve(
     tdtype = _time_dtype(t0, t1, dt0)
     t0_, t1_ = (jnp.asarray(t, tdtype) * direction for t in (t0, t1))
     dt0_ = None if dt0 is None else jnp.asarray(dt0, tdtype) * direction
+    terms, brownian_outside = within_solve(terms, t0, t1)
     fwd_terms = terms if _is_one(direction) else _DirectedTerm(terms, direction)
     validate.check_vector_field(fwd_terms, t0_, y0, args)
     problem = Problem(
@@ -154,7 +156,11 @@ def _solve(
         controller_state=controller_state,
         made_jump=made_jump,
         initial_result=validate.traced_input_result(
-            t0, t1, dt0, [sub.ts for sub in sub_saveats(saveat) if sub.ts is not None]
+            t0,
+            t1,
+            dt0,
+            [sub.ts for sub in sub_saveats(saveat) if sub.ts is not None],
+            brownian_outside,
         ),
     )
     adjoint.validate(problem)

@@ -170,10 +170,11 @@ def check_step_to(controller, t0, t1):
             )
 
 
-def traced_input_result(t0, t1, dt0, ts_list) -> Array:
+def traced_input_result(t0, t1, dt0, ts_list, brownian_outside=False) -> Array:
     """The result code for inputs checked only at run time (traced under `jit`): a
     failure code if `dt0` has the wrong sign or is zero, or a `SaveAt(ts)` leaves
-    [t0, t1] or is not monotonic; `successful` otherwise. The solve starts from it
+    [t0, t1] or is not monotonic, or the interval leaves a `VirtualBrownianTree`
+    (`brownian_outside`, from `_brownian_tree.within_solve`); `successful` otherwise. The solve starts from it
     (a failure: no step is taken), and `throw=True` raises its message at the end,
     so no host callback is needed for these checks."""
     ok = RESULTS.successful._value
@@ -195,4 +196,4 @@ def traced_input_result(t0, t1, dt0, ts_list) -> Array:
         code = flag(
             code, jnp.any(jnp.diff(ts) * sign < 0), RESULTS.saveat_ts_not_monotonic
         )
-    return code
+    return flag(code, jnp.asarray(brownian_outside), RESULTS.brownian_outside)

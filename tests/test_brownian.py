@@ -154,3 +154,32 @@ def test_errors():
         nde.UnsafeBrownianPath((), key).evaluate(0.5)
     with pytest.raises(Exception, match="queried outside"):
         jax.block_until_ready(tree(key).evaluate(0.5, 2.5))
+
+
+def test_a_solve_checks_its_tree_once():
+    """Inside a solve, a `VirtualBrownianTree` is not range-checked at every query
+    (a host callback each time, which makes the compiled solve synchronous and
+    uncacheable): the solve checks its interval against the tree's once. Concrete:
+    a `ValueError` naming both; traced: the result code `brownian_outside`, and no
+    step is taken."""
+    key = jr.key(0)
+    drift = nde.ODETerm(lambda t, y, args: -y)
+
+    def solve(t1, bm_t1, throw=False):
+        bm = nde.VirtualBrownianTree(0.0, bm_t1, 1e-3, (), key)
+        diffusion = nde.ControlTerm(lambda t, y, args: 0.5 * y, bm)
+        sol = nde.diffeqsolve(
+            nde.MultiTerm(drift, diffusion), nde.Euler(), 0.0, t1, 0.1, 1.0, throw=throw
+        )
+        return sol.ys, sol.result._value, sol.stats["num_steps"]
+
+    hlo = jax.jit(solve).lower(1.0, 1.0).as_text()
+    assert "callback" not in hlo
+    _, result, steps = jax.jit(solve)(1.0, 1.0)
+    assert result == nde.RESULTS.successful._value and steps == 10
+    _, result, steps = jax.jit(solve)(1.5, 1.0)  # the solve leaves the tree
+    assert result == nde.RESULTS.brownian_outside._value and steps == 0
+    with pytest.raises(Exception, match="queried outside"):
+        jax.block_until_ready(jax.jit(solve, static_argnums=2)(1.5, 1.0, True))
+    with pytest.raises(ValueError, match=r"t0=0.0, t1=1.0.*\[0.0, 1.5\]"):
+        solve(1.5, 1.0)
