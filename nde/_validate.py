@@ -174,9 +174,10 @@ def traced_input_result(t0, t1, dt0, ts_list, brownian_outside=False) -> Array:
     """The result code for inputs checked only at run time (traced under `jit`): a
     failure code if `dt0` has the wrong sign or is zero, or a `SaveAt(ts)` leaves
     [t0, t1] or is not monotonic, or the interval leaves a `VirtualBrownianTree`
-    (`brownian_outside`, from `_brownian_tree.within_solve`); `successful` otherwise. The solve starts from it
-    (a failure: no step is taken), and `throw=True` raises its message at the end,
-    so no host callback is needed for these checks."""
+    (`brownian_outside`, from `_brownian_tree.within_solve`); `successful`
+    otherwise. The solve starts from it (a failure: no step is taken), and
+    `throw=True` raises its message at the end, so no host callback is needed for
+    these checks."""
     ok = RESULTS.successful._value
     code = jnp.asarray(ok, jnp.int32)
 
