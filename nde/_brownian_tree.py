@@ -28,6 +28,7 @@ conditional law given `(W, H)` is
 without Lévy area, simply `W1 - W2 = sqrt(h) Z1`.
 """
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -47,6 +48,7 @@ from ._brownian import (
     shape_leaves,
 )
 from ._custom_types import RealScalarLike
+from ._results import RESULTS
 
 
 def _is_concrete(*xs) -> bool:
@@ -286,15 +288,12 @@ class VirtualBrownianTree(AbstractBrownianPath):
     def _check_range(self, lo, hi, tdtype):
         t0 = jnp.asarray(self.t0, tdtype)
         t1 = jnp.asarray(self.t1, tdtype)
-        if not self.check_queries:
-            return jnp.clip(lo, t0, t1), jnp.clip(hi, t0, t1)
-        slack = 1e-9 * (t1 - t0) if tdtype == jnp.float64 else 1e-5 * (t1 - t0)
-        lo = eqx.error_if(
-            lo,
-            (lo < t0 - slack) | (hi > t1 + slack),
-            "A `VirtualBrownianTree(t0, t1, ...)` was queried outside [t0, t1]. Create "
-            "it over an interval that contains the whole solve.",
-        )
+        if self.check_queries:
+            lo = eqx.error_if(
+                lo,
+                _outside(lo, hi, t0, t1, tdtype),
+                RESULTS.brownian_outside.message,
+            )
         return jnp.clip(lo, t0, t1), jnp.clip(hi, t0, t1)
 
     def _increment(self, key, leaf: jax.ShapeDtypeStruct, lo, hi, tdtype):
@@ -331,6 +330,12 @@ class VirtualBrownianTree(AbstractBrownianPath):
         return scale_w * dw, scale_w * jnp.where(width > 0, hh, 0)
 
 
+def _outside(lo, hi, t0, t1, tdtype):
+    """Whether `[lo, hi]` leaves `[t0, t1]` by more than rounding."""
+    slack = (1e-9 if tdtype == jnp.float64 else 1e-5) * (t1 - t0)
+    return (lo < t0 - slack) | (hi > t1 + slack)
+
+
 def within_solve(terms, t0, t1):
     """`terms` with every `VirtualBrownianTree` marked as checked, and whether the
     solve's interval leaves one of them (a traced boolean; a concrete mismatch
@@ -356,13 +361,13 @@ def within_solve(terms, t0, t1):
         else:
             tdtype = _time_dtype(x.t0, x.t1, t0, t1)
             a, b = (jnp.asarray(t, tdtype) for t in (t0, t1))
-            lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
             tree_t0, tree_t1 = (jnp.asarray(t, tdtype) for t in (x.t0, x.t1))
-            slack = (1e-9 if tdtype == jnp.float64 else 1e-5) * (tree_t1 - tree_t0)
-            bad = bad | (lo < tree_t0 - slack) | (hi > tree_t1 + slack)
+            lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
+            bad = bad | _outside(lo, hi, tree_t0, tree_t1, tdtype)
+        # A copy with the flag off (a static field: not settable by `tree_at`).
         new = object.__new__(VirtualBrownianTree)
-        for name in ("t0", "t1", "tol", "shape", "key", "levy_area"):
-            object.__setattr__(new, name, getattr(x, name))
+        for field in dataclasses.fields(x):
+            object.__setattr__(new, field.name, getattr(x, field.name))
         object.__setattr__(new, "check_queries", False)
         return new
 
