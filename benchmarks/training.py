@@ -1,8 +1,8 @@
 """Training throughput of the `neural_ode` recipe's step: nde's Trainer vs the same
 model in a hand-written Diffrax loop vs torchdiffeq.
 
-    python -m benchmarks.training [--steps 600] [--torch-steps 600] [--rounds 3]
-                                  [--quick]
+    python -m benchmarks.training [--steps 600] [--chunk 25] [--torch-steps 600]
+                                  [--no-torch] [--quick]
 
 The problem is the recipe's, after its curriculum (whole series): batch 32 of 2-D
 series with 100 points on [0, 10], vector field `4 tanh(MLP(y))` (MLP 2-64-64-2,
@@ -11,8 +11,6 @@ softplus), MSE along the series, Adam(3e-3) after `clip_by_global_norm(1)`, floa
 - **nde**: `recipes.neural_ode.NeuralODE(...).fit()` itself: Tsit5 + PID(rtol=1e-3,
   atol=1e-6), RecursiveCheckpointAdjoint, the Trainer's loop (host batching,
   device transfer, one jitted step with donated buffers, metrics kept on device).
-  Steps/s is the Trainer's own `time/steps_per_sec` (first step, i.e. compilation,
-  excluded).
 - **diffrax**: the loop a Diffrax user writes: `eqx.filter_jit` step with
   `eqx.filter_value_and_grad`, `diffrax.diffeqsolve` (Tsit5, PIDController with the
   same tolerances, RecursiveCheckpointAdjoint) vmapped over the series, optax,
@@ -25,17 +23,22 @@ All three start from the same initial step size (dt0=0.1: see ode_forward.py on
 Diffrax's dt0=None). nde and Diffrax run the same `3 + --steps` steps from the same
 initial parameters on the same batches; their mean losses should be close (not
 equal: the two solvers' step-size sequences need not coincide, see the solver
-steps column). Steps/s leaves out the first step (compilation), Diffrax's also the
-next two. torchdiffeq runs as many (`--torch-steps`) on the same batches. Long
-runs: at 60 timed steps (0.5 s) the nde/Diffrax ratio varied from 0.8x to 1.3x from
-run to run on this machine, and even 600-step runs of one contestant after the
-other moved by 0.2 (the shared machine's speed drifts over seconds): nde and
-Diffrax therefore run alternately, `--rounds` times (default 3; each round
-compiles afresh), and the ratio reported is the median of the rounds' ratios,
-each shown. torchdiffeq runs once, in the first round. Last, "fixed work": the
-jitted gradient of one batch at the model nde's first round trained, nde's and
-Diffrax's called in alternation (`fixed_work`): the part of the step that differs,
-measured without the drift of whole runs (a secondary figure, not the target).
+steps column).
+
+**Interleaved.** The shared machine's speed drifts over seconds (by up to 2x):
+600-step runs of one contestant after the other gave nde/Diffrax ratios from 1.11x
+to 1.73x in one invocation. So the two train side by side, in turns: nde's Trainer
+runs `fit()`, and from its `on_step_end` hook, after every `--chunk` steps (25:
+about half a second), the Diffrax loop runs the same steps on the same batches.
+Each turn's wall time is charged to its contestant: for nde, everything between
+two turns of Diffrax (host batching, transfer, the jitted step, the Trainer's
+bookkeeping). Steps/s is the steps timed over the summed time of the turns; the
+first three steps (compilation) are not timed. The per-turn ratios are shown as
+median and quartiles. torchdiffeq runs on its own afterwards (`--torch-steps` on
+the same batches): at 5x it is far from both the target and the drift. Last,
+"fixed work": the jitted gradient of one batch at the model nde trained, nde's and
+Diffrax's called in alternation (`fixed_work`), and the forward solves alone: the
+part of the step that differs (a secondary figure, not the target).
 Targets: nde >= 1.25x Diffrax, nde >= 20x torchdiffeq (steps/s).
 """
 
@@ -70,29 +73,6 @@ def make_config(steps: int):
         compilation_cache=None,
     )
     return config
-
-
-def run_nde(steps: int) -> dict:
-    import tempfile
-
-    from recipes.neural_ode import NeuralODE
-
-    class NoPlot(NeuralODE):
-        def plot(self, model):
-            return None
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = NoPlot(make_config(WARMUP + steps), run_dir=tmp)
-        trainer.fit()
-    (log,) = [h for h in trainer.history if "train/loss" in h]  # one log, at the end
-    return {
-        "steps_per_sec": log["time/steps_per_sec"],
-        "first_step_s": log["time/first_step_s"],
-        "num_steps": log["solve/num_steps"],
-        "loss_mean": log["train/loss"],
-        "steps_timed": WARMUP + steps - 1,
-        "model": trainer.state.model,  # for `fixed_work`; not reported
-    }
 
 
 def initial_model_and_batches(steps: int):
@@ -175,55 +155,110 @@ def fixed_work(model, rounds: int = 7, calls: int = 20) -> dict:
     return out
 
 
-def run_diffrax(steps: int) -> dict:
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import optax
+class DiffraxLoop:
+    """The loop a Diffrax user writes, one step at a time: `step(i)` trains on the
+    `i`-th of the Trainer's batches (steps must come in order) and waits for it."""
 
-    model, batches = initial_model_and_batches(WARMUP + steps)
-    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    def __init__(self, steps: int):
+        import equinox as eqx
+        import jax.numpy as jnp
+        import optax
 
-    loss = eqx.filter_value_and_grad(diffrax_loss, has_aux=True)
+        self.model, self.batches = initial_model_and_batches(steps)
+        optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
+        self.opt_state = optim.init(eqx.filter(self.model, eqx.is_inexact_array))
+        loss = eqx.filter_value_and_grad(diffrax_loss, has_aux=True)
 
-    @eqx.filter_jit
-    def make_step(ts, ys, model, opt_state):
-        (value, n), grads = loss(model, ts, ys)
-        updates, opt_state = optim.update(grads, opt_state, model)
-        return (
-            value,
-            jnp.mean(n.astype(jnp.float32)),
-            eqx.apply_updates(model, updates),
-            opt_state,
+        @eqx.filter_jit
+        def make_step(ts, ys, model, opt_state):
+            (value, n), grads = loss(model, ts, ys)
+            updates, opt_state = optim.update(grads, opt_state, model)
+            return (
+                value,
+                jnp.mean(n.astype(jnp.float32)),
+                eqx.apply_updates(model, updates),
+                opt_state,
+            )
+
+        self.make_step = make_step
+        self.values, self.counts = [], []
+
+    def step(self, i: int) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        ts, ys, _ = self.batches[i]
+        value, n, self.model, self.opt_state = self.make_step(
+            jnp.asarray(ts), jnp.asarray(ys), self.model, self.opt_state
         )
+        jax.block_until_ready(value)
+        self.values.append(value), self.counts.append(n)
 
-    def step(i, model, opt_state):
-        ts, ys, _ = batches[i]
-        return make_step(jnp.asarray(ts), jnp.asarray(ys), model, opt_state)
 
-    values, counts = [], []
-    start = time.perf_counter()
-    value, n, model, opt_state = step(0, model, opt_state)
-    jax.block_until_ready(value)
-    first = time.perf_counter() - start
-    values.append(value), counts.append(n)
-    for i in range(1, WARMUP):
-        value, n, model, opt_state = step(i, model, opt_state)
-        values.append(value), counts.append(n)
-    jax.block_until_ready(value)
-    start = time.perf_counter()
-    for i in range(WARMUP, WARMUP + steps):
-        value, n, model, opt_state = step(i, model, opt_state)
-        values.append(value), counts.append(n)
-    jax.block_until_ready(value)
-    elapsed = time.perf_counter() - start
+def run_interleaved(steps: int, chunk: int) -> dict:
+    """nde's Trainer (`fit`, the recipe's model) and the Diffrax loop trained side
+    by side: after nde's first `WARMUP` steps the Diffrax loop runs its own (its
+    compilation), then every `chunk` nde steps the Diffrax loop runs the same
+    `chunk` steps, on the same batches, from the Trainer's `on_step_end` hook. Each
+    chunk's wall time is charged to its contestant (nde's: its whole loop between
+    two hooks: batching, transfer, the jitted step, the bookkeeping), so that
+    both meet the same machine speed within seconds. Returns both contestants'
+    figures and the per-chunk times."""
+    import tempfile
+
+    import jax
+
+    from recipes.neural_ode import NeuralODE
+
+    total = WARMUP + steps
+    dfx = DiffraxLoop(total)
+    times = {"nde": [], "diffrax": []}
+    clock = {}
+
+    class Interleaved(NeuralODE):
+        def plot(self, model):
+            return None
+
+        def on_step_end(self, step, metrics):
+            jax.block_until_ready(metrics)
+            now = time.perf_counter()
+            if step == WARMUP:
+                for i in range(WARMUP):
+                    dfx.step(i)
+                clock["diffrax_first"] = time.perf_counter() - now
+            elif step > WARMUP and (step - WARMUP) % chunk == 0:
+                times["nde"].append(now - clock["mark"])
+                for i in range(step - chunk, step):
+                    dfx.step(i)
+                times["diffrax"].append(time.perf_counter() - now)
+            else:
+                return
+            clock["mark"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Interleaved(make_config(total), run_dir=tmp)
+        trainer.fit()
+    (log,) = [h for h in trainer.history if "train/loss" in h]  # one log, at the end
+    timed = chunk * len(times["nde"])
     return {
-        "steps_per_sec": steps / elapsed,
-        "first_step_s": first,
-        "num_steps": float(np.mean(counts)),
-        "loss_mean": float(np.mean(values)),  # over the same steps as nde's
-        "steps_timed": steps,
+        "nde": {
+            "steps_per_sec": timed / sum(times["nde"]),
+            "first_step_s": log["time/first_step_s"],
+            "num_steps": log["solve/num_steps"],
+            "loss_mean": log["train/loss"],
+            "steps_timed": timed,
+        },
+        "diffrax": {
+            "steps_per_sec": timed / sum(times["diffrax"]),
+            "first_step_s": clock["diffrax_first"],
+            "num_steps": float(np.mean(dfx.counts)),
+            "loss_mean": float(np.mean(dfx.values)),  # over the same steps as nde's
+            "steps_timed": timed,
+        },
+        "chunk_ratios": [
+            d / n for n, d in zip(times["nde"], times["diffrax"], strict=True)
+        ],
+        "model": trainer.state.model,  # for `fixed_work`; not reported
     }
 
 
@@ -294,7 +329,6 @@ def _median(xs):
 
 
 def to_markdown(results: dict, env: dict) -> str:
-    rounds = results.get("rounds", [])
     nde, dfx, tdq = (results.get(k) for k in ("nde", "diffrax", "torchdiffeq"))
     lines = [
         "## Training: steps/s of the neural_ode step",
@@ -319,10 +353,10 @@ def to_markdown(results: dict, env: dict) -> str:
     if nde and dfx:
         ratio = results["nde_over_diffrax"]
         ok = "PASS" if ratio >= 1.25 else "FAIL"
-        each = ", ".join(f"{r['nde'] / r['diffrax']:.2f}x" for r in rounds)
+        q1, q2, q3 = np.percentile(results["chunk_ratios"], [25, 50, 75])
         lines.append(
-            f"| nde >= 1.25x Diffrax | {ratio:.2f}x (median of the rounds: {each}) "
-            f"| **{ok}** |"
+            f"| nde >= 1.25x Diffrax | {ratio:.2f}x (the {len(results['chunk_ratios'])}"
+            f" turns: median {q2:.2f}x, quartiles {q1:.2f}x-{q3:.2f}x) | **{ok}** |"
         )
     if "fixed_work" in results:
         fw = results["fixed_work"]
@@ -359,52 +393,33 @@ def main(argv=None) -> tuple[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600, help="timed steps (JAX)")
     parser.add_argument("--torch-steps", type=int, default=600, help="timed (torch)")
+    parser.add_argument("--chunk", type=int, default=25, help="steps per turn")
     parser.add_argument("--quick", action="store_true", help="10 and 2 steps")
-    parser.add_argument("--only", default="", help="comma-separated contestants")
-    parser.add_argument("--rounds", type=int, default=3, help="nde/Diffrax rounds")
+    parser.add_argument("--no-torch", action="store_true", help="skip torchdiffeq")
     opts = parser.parse_args(argv)
     steps, torch_steps = (10, 2) if opts.quick else (opts.steps, opts.torch_steps)
-    num_rounds = 1 if opts.quick else opts.rounds
-    wanted = {c for c in opts.only.split(",") if c}
+    chunk = 5 if opts.quick else opts.chunk
+    if steps < chunk:
+        parser.error(f"--steps ({steps}) must be at least --chunk ({chunk})")
     load_start = os.getloadavg()
-    runs = {
-        "nde": lambda: run_nde(steps),
-        "diffrax": lambda: run_diffrax(steps),
-        "torchdiffeq": lambda: run_torchdiffeq(torch_steps),
-    }
     import jax
 
-    rounds = []
-    results = {}
     # float32 throughout, also when run after a float64 benchmark in one process.
     with jax.enable_x64(False):
-        for i in range(num_rounds):
-            this = {}
-            for name, run in runs.items():
-                if (wanted and name not in wanted) or (name == "torchdiffeq" and i):
-                    continue
-                print(f"[training] round {i} {name} ...", file=sys.stderr, flush=True)
-                this[name] = run()
-            rounds.append(this)
-        if "nde" in rounds[0] and "diffrax" in rounds[0] and not opts.quick:
-            print("[training] fixed work ...", file=sys.stderr, flush=True)
-            results["fixed_work"] = fixed_work(rounds[0]["nde"]["model"])
-    for r in rounds:
-        if "nde" in r:
-            del r["nde"]["model"]
-    # Per contestant: its median round; the ratio: the median of the rounds' ratios.
-    for name in runs:
-        got = [r[name] for r in rounds if name in r]
-        if got:
-            median = _median([g["steps_per_sec"] for g in got])
-            results[name] = min(got, key=lambda g: abs(g["steps_per_sec"] - median))
-    if "nde" in results and "diffrax" in results:
-        results["rounds"] = [
-            {k: r[k]["steps_per_sec"] for k in ("nde", "diffrax")} for r in rounds
-        ]
-        results["nde_over_diffrax"] = _median(
-            [r["nde"] / r["diffrax"] for r in results["rounds"]]
+        print(
+            "[training] nde and diffrax, interleaved ...", file=sys.stderr, flush=True
         )
+        results = run_interleaved(steps - steps % chunk, chunk)
+        if not opts.no_torch:
+            print("[training] torchdiffeq ...", file=sys.stderr, flush=True)
+            results["torchdiffeq"] = run_torchdiffeq(torch_steps)
+        if not opts.quick:
+            print("[training] fixed work ...", file=sys.stderr, flush=True)
+            results["fixed_work"] = fixed_work(results["model"])
+    del results["model"]
+    results["nde_over_diffrax"] = (
+        results["nde"]["steps_per_sec"] / results["diffrax"]["steps_per_sec"]
+    )
     env = environment()
     env["loadavg_start"], env["loadavg_end"] = load_start, os.getloadavg()
     md = to_markdown(results, env)
