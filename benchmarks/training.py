@@ -1,8 +1,7 @@
 """Training throughput of the `neural_ode` recipe's step: nde's Trainer vs the same
 model in a hand-written Diffrax loop vs torchdiffeq.
 
-    python -m benchmarks.training [--steps 600] [--chunk 25] [--torch-steps 600]
-                                  [--no-torch] [--quick]
+    python -m benchmarks.training [--steps 600] [--chunk 25] [--no-torch] [--quick]
 
 The problem is the recipe's, after its curriculum (whole series): batch 32 of 2-D
 series with 100 points on [0, 10], vector field `4 tanh(MLP(y))` (MLP 2-64-64-2,
@@ -20,25 +19,25 @@ softplus), MSE along the series, Adam(3e-3) after `clip_by_global_norm(1)`, floa
   `torch.optim.Adam` after `clip_grad_norm_`.
 
 All three start from the same initial step size (dt0=0.1: see ode_forward.py on
-Diffrax's dt0=None). nde and Diffrax run the same `3 + --steps` steps from the same
-initial parameters on the same batches; their mean losses should be close (not
+Diffrax's dt0=None) and the same initial parameters, and run the same `3 + --steps`
+steps on the same batches; nde's and Diffrax's mean losses should be close (not
 equal: the two solvers' step-size sequences need not coincide, see the solver
 steps column).
 
-**Interleaved.** The shared machine's speed drifts over seconds (by up to 2x):
+**In turns.** The shared machine's speed drifts over seconds (by up to 2x):
 600-step runs of one contestant after the other gave nde/Diffrax ratios from 1.11x
-to 1.73x in one invocation. So the two train side by side, in turns: nde's Trainer
-runs `fit()`, and from its `on_step_end` hook, after every `--chunk` steps (25:
-about half a second), the Diffrax loop runs the same steps on the same batches.
-Each turn's wall time is charged to its contestant: for nde, everything between
-two turns of Diffrax (host batching, transfer, the jitted step, the Trainer's
-bookkeeping). Steps/s is the steps timed over the summed time of the turns; the
-first three steps (compilation) are not timed. The per-turn ratios are shown as
-median and quartiles. torchdiffeq runs on its own afterwards (`--torch-steps` on
-the same batches): at 5x it is far from both the target and the drift. Last,
-"fixed work": the jitted gradient of one batch at the model nde trained, nde's and
-Diffrax's called in alternation (`fixed_work`), and the forward solves alone: the
-part of the step that differs (a secondary figure, not the target).
+to 1.73x within one invocation. So the contestants train side by side, in turns:
+nde's Trainer runs `fit()`, and from its `on_step_end` hook, after every `--chunk`
+steps (25: about half a second of nde), the Diffrax loop and then the torchdiffeq
+loop run the same steps on the same batches. Each turn's wall time is charged to
+its contestant: for nde, everything between two hooks that take turns (host
+batching, transfer, the jitted step, the Trainer's bookkeeping). Steps/s is the
+steps timed over the summed time of the turns; the first three steps (compilation,
+warm-up) are not timed. The per-turn ratios to nde are shown as median and
+quartiles. Last, "fixed work": the jitted gradient of one batch at the model nde
+trained, nde's and Diffrax's called in alternation (`fixed_work`), and the forward
+solves alone: the part of the step that differs (a secondary figure, not the
+target).
 Targets: nde >= 1.25x Diffrax, nde >= 20x torchdiffeq (steps/s).
 """
 
@@ -195,15 +194,15 @@ class DiffraxLoop:
         self.values.append(value), self.counts.append(n)
 
 
-def run_interleaved(steps: int, chunk: int) -> dict:
-    """nde's Trainer (`fit`, the recipe's model) and the Diffrax loop trained side
-    by side: after nde's first `WARMUP` steps the Diffrax loop runs its own (its
-    compilation), then every `chunk` nde steps the Diffrax loop runs the same
-    `chunk` steps, on the same batches, from the Trainer's `on_step_end` hook. Each
-    chunk's wall time is charged to its contestant (nde's: its whole loop between
-    two hooks: batching, transfer, the jitted step, the bookkeeping), so that
-    both meet the same machine speed within seconds. Returns both contestants'
-    figures and the per-chunk times."""
+def run_interleaved(steps: int, chunk: int, torch: bool) -> dict:
+    """nde's Trainer (`fit`, the recipe's model) and the other contestants trained
+    side by side: after nde's first `WARMUP` steps each other loop runs its own
+    (their compilation or warm-up), then every `chunk` nde steps each other loop
+    runs the same `chunk` steps, on the same batches, from the Trainer's
+    `on_step_end` hook. Each turn's wall time is charged to its contestant (nde's:
+    its whole loop between two hooks: batching, transfer, the jitted step, the
+    bookkeeping), so that all meet the same machine speed within seconds. Returns
+    each contestant's figures and the per-turn ratios to nde."""
     import tempfile
 
     import jax
@@ -211,9 +210,18 @@ def run_interleaved(steps: int, chunk: int) -> dict:
     from recipes.neural_ode import NeuralODE
 
     total = WARMUP + steps
-    dfx = DiffraxLoop(total)
-    times = {"nde": [], "diffrax": []}
-    clock = {}
+    others = {"diffrax": DiffraxLoop(total)}
+    if torch:
+        others["torchdiffeq"] = TorchdiffeqLoop(total)
+    times = {name: [] for name in ("nde", *others)}
+    first, clock = {}, {}
+
+    def turn(steps):
+        for name, loop in others.items():
+            start = time.perf_counter()
+            for i in steps:
+                loop.step(i)
+            times[name].append(time.perf_counter() - start)
 
     class Interleaved(NeuralODE):
         def plot(self, model):
@@ -223,14 +231,11 @@ def run_interleaved(steps: int, chunk: int) -> dict:
             jax.block_until_ready(metrics)
             now = time.perf_counter()
             if step == WARMUP:
-                for i in range(WARMUP):
-                    dfx.step(i)
-                clock["diffrax_first"] = time.perf_counter() - now
+                turn(range(WARMUP))
+                first.update({name: times[name].pop() for name in others})
             elif step > WARMUP and (step - WARMUP) % chunk == 0:
                 times["nde"].append(now - clock["mark"])
-                for i in range(step - chunk, step):
-                    dfx.step(i)
-                times["diffrax"].append(time.perf_counter() - now)
+                turn(range(step - chunk, step))
             else:
                 return
             clock["mark"] = time.perf_counter()
@@ -240,7 +245,7 @@ def run_interleaved(steps: int, chunk: int) -> dict:
         trainer.fit()
     (log,) = [h for h in trainer.history if "train/loss" in h]  # one log, at the end
     timed = chunk * len(times["nde"])
-    return {
+    out = {
         "nde": {
             "steps_per_sec": timed / sum(times["nde"]),
             "first_step_s": log["time/first_step_s"],
@@ -248,54 +253,67 @@ def run_interleaved(steps: int, chunk: int) -> dict:
             "loss_mean": log["train/loss"],
             "steps_timed": timed,
         },
-        "diffrax": {
-            "steps_per_sec": timed / sum(times["diffrax"]),
-            "first_step_s": clock["diffrax_first"],
-            "num_steps": float(np.mean(dfx.counts)),
-            "loss_mean": float(np.mean(dfx.values)),  # over the same steps as nde's
-            "steps_timed": timed,
-        },
-        "chunk_ratios": [
-            d / n for n, d in zip(times["nde"], times["diffrax"], strict=True)
-        ],
         "model": trainer.state.model,  # for `fixed_work`; not reported
     }
+    for name, loop in others.items():
+        counts = getattr(loop, "counts", None)
+        out[name] = {
+            "steps_per_sec": timed / sum(times[name]),
+            "first_step_s": first[name],  # its first WARMUP steps
+            "num_steps": float(np.mean(counts)) if counts else float("nan"),
+            "loss_mean": float(np.mean(loop.values)),  # over the same steps as nde's
+            "steps_timed": timed,
+            "turn_ratios": [
+                o / n for n, o in zip(times["nde"], times[name], strict=True)
+            ],
+        }
+    return out
 
 
-def run_torchdiffeq(steps: int) -> dict:
-    import torch
-    from torchdiffeq import odeint
+class TorchdiffeqLoop:
+    """The same model and loss in PyTorch with torchdiffeq, one step at a time:
+    `odeint` (dopri5, the same tolerances; backpropagation through the solver) on
+    the batch as one system, an `nn.Sequential` with the same initial weights,
+    `torch.optim.Adam` after `clip_grad_norm_`."""
 
-    model, batches = initial_model_and_batches(WARMUP + steps)
-    layers = []
-    for i, layer in enumerate(model.mlp.layers):
-        linear = torch.nn.Linear(layer.in_features, layer.out_features)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.asarray(layer.weight)))
-            linear.bias.copy_(torch.from_numpy(np.asarray(layer.bias)))
-        layers.append(linear)
-        layers.append(torch.nn.Softplus() if i < len(model.mlp.layers) - 1 else None)
-    net = torch.nn.Sequential(*[x for x in layers if x is not None])
-    scale = model.scale
+    def __init__(self, steps: int):
+        import torch
 
-    class Func(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
+        model, self.batches = initial_model_and_batches(steps)
+        layers = []
+        for i, layer in enumerate(model.mlp.layers):
+            linear = torch.nn.Linear(layer.in_features, layer.out_features)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.array(layer.weight)))
+                linear.bias.copy_(torch.from_numpy(np.array(layer.bias)))
+            layers.append(linear)
+            if i < len(model.mlp.layers) - 1:
+                layers.append(torch.nn.Softplus())
+        net = torch.nn.Sequential(*layers)
+        scale = model.scale
 
-        def forward(self, t, y):
-            return scale * torch.tanh(self.net(y))
+        class Func(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
 
-    func = Func()
-    optim = torch.optim.Adam(func.parameters(), lr=3e-3)
+            def forward(self, t, y):
+                return scale * torch.tanh(self.net(y))
 
-    def step(i):
-        ts, ys, _ = batches[i]
-        t = torch.from_numpy(np.asarray(ts[0], np.float32))
-        target = torch.from_numpy(np.asarray(ys, np.float32))
-        optim.zero_grad()
+        self.func = Func()
+        self.optim = torch.optim.Adam(self.func.parameters(), lr=3e-3)
+        self.values = []
+
+    def step(self, i: int) -> None:
+        import torch
+        from torchdiffeq import odeint
+
+        ts, ys, _ = self.batches[i]
+        t = torch.from_numpy(np.array(ts[0], np.float32))
+        target = torch.from_numpy(np.array(ys, np.float32))
+        self.optim.zero_grad()
         pred = odeint(
-            func,
+            self.func,
             target[:, 0],
             t,
             rtol=1e-3,
@@ -305,23 +323,9 @@ def run_torchdiffeq(steps: int) -> dict:
         )  # (T, B, 2)
         loss = torch.mean((pred.transpose(0, 1) - target) ** 2)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(func.parameters(), 1.0)
-        optim.step()
-        return float(loss)
-
-    start = time.perf_counter()
-    values = [step(0)]
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    values += [step(i) for i in range(1, 1 + steps)]
-    elapsed = time.perf_counter() - start
-    return {
-        "steps_per_sec": steps / elapsed,
-        "first_step_s": first,
-        "num_steps": float("nan"),
-        "loss_mean": float(np.mean(values)),  # over fewer steps: not comparable
-        "steps_timed": steps,
-    }
+        torch.nn.utils.clip_grad_norm_(self.func.parameters(), 1.0)
+        self.optim.step()
+        self.values.append(loss.item())
 
 
 def _median(xs):
@@ -350,14 +354,19 @@ def to_markdown(results: dict, env: dict) -> str:
             f"{r['num_steps']:.1f} | {r['loss_mean']:.4g} | {r['steps_timed']} |"
         )
     lines += ["", "| target | ratio | |", "|---|---|---|"]
-    if nde and dfx:
-        ratio = results["nde_over_diffrax"]
-        ok = "PASS" if ratio >= 1.25 else "FAIL"
-        q1, q2, q3 = np.percentile(results["chunk_ratios"], [25, 50, 75])
-        lines.append(
-            f"| nde >= 1.25x Diffrax | {ratio:.2f}x (the {len(results['chunk_ratios'])}"
-            f" turns: median {q2:.2f}x, quartiles {q1:.2f}x-{q3:.2f}x) | **{ok}** |"
+
+    def target(name, label, least):
+        ratio = results[f"nde_over_{name}"]
+        q1, q2, q3 = np.percentile(results[name]["turn_ratios"], [25, 50, 75])
+        ok = "PASS" if ratio >= least else "FAIL"
+        turns = len(results[name]["turn_ratios"])
+        return (
+            f"| nde >= {least:g}x {label} | {ratio:.2f}x (the {turns} turns: median "
+            f"{q2:.2f}x, quartiles {q1:.2f}x-{q3:.2f}x) | **{ok}** |"
         )
+
+    if nde and dfx:
+        lines.append(target("diffrax", "Diffrax", 1.25))
     if "fixed_work" in results:
         fw = results["fixed_work"]
         lines.append(
@@ -371,9 +380,7 @@ def to_markdown(results: dict, env: dict) -> str:
             "| |"
         )
     if nde and tdq:
-        ratio = nde["steps_per_sec"] / tdq["steps_per_sec"]
-        ok = "PASS" if ratio >= 20 else "FAIL"
-        lines.append(f"| nde >= 20x torchdiffeq | {ratio:.1f}x | **{ok}** |")
+        lines.append(target("torchdiffeq", "torchdiffeq", 20))
     return "\n".join(lines) + "\n"
 
 
@@ -392,12 +399,11 @@ def environment() -> dict:
 def main(argv=None) -> tuple[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600, help="timed steps (JAX)")
-    parser.add_argument("--torch-steps", type=int, default=600, help="timed (torch)")
     parser.add_argument("--chunk", type=int, default=25, help="steps per turn")
     parser.add_argument("--quick", action="store_true", help="10 and 2 steps")
     parser.add_argument("--no-torch", action="store_true", help="skip torchdiffeq")
     opts = parser.parse_args(argv)
-    steps, torch_steps = (10, 2) if opts.quick else (opts.steps, opts.torch_steps)
+    steps = 10 if opts.quick else opts.steps
     chunk = 5 if opts.quick else opts.chunk
     if steps < chunk:
         parser.error(f"--steps ({steps}) must be at least --chunk ({chunk})")
@@ -406,20 +412,17 @@ def main(argv=None) -> tuple[str, dict]:
 
     # float32 throughout, also when run after a float64 benchmark in one process.
     with jax.enable_x64(False):
-        print(
-            "[training] nde and diffrax, interleaved ...", file=sys.stderr, flush=True
-        )
-        results = run_interleaved(steps - steps % chunk, chunk)
-        if not opts.no_torch:
-            print("[training] torchdiffeq ...", file=sys.stderr, flush=True)
-            results["torchdiffeq"] = run_torchdiffeq(torch_steps)
+        print("[training] contestants in turns ...", file=sys.stderr, flush=True)
+        results = run_interleaved(steps - steps % chunk, chunk, not opts.no_torch)
         if not opts.quick:
             print("[training] fixed work ...", file=sys.stderr, flush=True)
             results["fixed_work"] = fixed_work(results["model"])
     del results["model"]
-    results["nde_over_diffrax"] = (
-        results["nde"]["steps_per_sec"] / results["diffrax"]["steps_per_sec"]
-    )
+    for name in ("diffrax", "torchdiffeq"):
+        if name in results:
+            results[f"nde_over_{name}"] = (
+                results["nde"]["steps_per_sec"] / results[name]["steps_per_sec"]
+            )
     env = environment()
     env["loadavg_start"], env["loadavg_end"] = load_start, os.getloadavg()
     md = to_markdown(results, env)
