@@ -4,7 +4,8 @@ Inside the solve a result is a scalar int32 array (cheap to carry through `jit`,
 `vmap` and `while_loop`). Failures are never raised inside the loop: they are
 recorded, the loop stops, and `diffeqsolve(..., throw=True)` raises the message once
 at the end. So are inputs that are only known at run time (a traced `dt0`,
-`SaveAt(ts)`, or an interval that leaves a `VirtualBrownianTree`) and invalid: the loop does not start. With `throw=False` a solve
+`SaveAt(ts)`, `PIDController` tolerances or `StepTo` times, or an interval that
+leaves a `VirtualBrownianTree`) and invalid: the loop does not start. With `throw=False` a solve
 therefore contains no host callback, which would make every call of the compiled
 program synchronous and keep it out of JAX's persistent compilation cache.
 """
@@ -51,6 +52,18 @@ _MESSAGES: dict[str, str] = {
     "brownian_outside": (
         "A `VirtualBrownianTree(t0, t1, ...)` was queried outside [t0, t1]. Create "
         "it over an interval that contains the whole solve."
+    ),
+    "invalid_tolerances": (
+        "`PIDController(rtol=..., atol=...)` needs rtol > 0 and atol >= 0 (traced "
+        "values were not)."
+    ),
+    "stepto_ends": (
+        "`StepTo(ts)` must start at `t0` and end at `t1` of `diffeqsolve`. Use e.g. "
+        "`StepTo(jnp.linspace(t0, t1, n))`."
+    ),
+    "stepto_not_monotonic": (
+        "`StepTo(ts)` must be strictly monotonic in the direction of integration. "
+        "Sort it and drop repeated times."
     ),
 }
 
@@ -101,6 +114,9 @@ class _ResultsNamespace:
     saveat_ts_outside = Result(6)
     saveat_ts_not_monotonic = Result(7)
     brownian_outside = Result(8)
+    invalid_tolerances = Result(9)
+    stepto_ends = Result(10)
+    stepto_not_monotonic = Result(11)
 
     def __iter__(self):
         return (getattr(self, name) for name, _ in _BY_CODE)

@@ -19,7 +19,7 @@ from ._saveat import SaveAt, SubSaveAt, sub_saveats, unflatten_like_subs
 from ._solution import Solution
 from ._terms import AbstractTerm, _DirectedTerm
 from .adjoints import AbstractAdjoint, RecursiveCheckpointAdjoint
-from .controllers import AbstractStepSizeController, ConstantStepSize, StepTo
+from .controllers import AbstractStepSizeController, ConstantStepSize
 from .solvers import AbstractSolver
 
 
@@ -80,8 +80,7 @@ def diffeqsolve(
     check_brownian_stepping(terms, stepsize_controller)
     validate.check_max_steps(max_steps, saveat)
     dt0 = validate.check_dt0(t0, t1, dt0, stepsize_controller)
-    if isinstance(stepsize_controller, StepTo):
-        validate.check_step_to(stepsize_controller, t0, t1)
+    validate.check_step_to(stepsize_controller, t0, t1)
     saveat = _checked_saveat(saveat, t0, t1)
     # Outside `jit`, compile the solve (once per structure of the inputs, as
     # Diffrax does), rather than running its set-up op by op on every call. Inside
@@ -139,10 +138,11 @@ def _solve(
     terms, brownian_outside = within_solve(terms, t0, t1)
     fwd_terms = terms if _is_one(direction) else _DirectedTerm(terms, direction)
     validate.check_vector_field(fwd_terms, t0_, y0, args)
+    controller = stepsize_controller.wrap(direction)
     problem = Problem(
         terms=fwd_terms,
         solver=solver,
-        controller=stepsize_controller.wrap(direction),
+        controller=controller,
         saveat=_forward_saveat(saveat, direction, tdtype),
         t0=t0_,
         t1=t1_,
@@ -161,6 +161,7 @@ def _solve(
             dt0,
             [sub.ts for sub in sub_saveats(saveat) if sub.ts is not None],
             brownian_outside,
+            controller.traced_input_result(t0_, t1_),
         ),
     )
     adjoint.validate(problem)

@@ -13,7 +13,7 @@ from jaxtyping import Array
 
 from ._results import RESULTS
 from ._saveat import SaveAt, sub_saveats
-from .controllers import AbstractStepSizeController, StepTo
+from .controllers import AbstractStepSizeController, ClipStepSizeController, StepTo
 from .solvers import AbstractAdaptiveSolver, AbstractSolver
 
 
@@ -156,6 +156,13 @@ def check_saveat_ts(ts, t0, t1):
 
 
 def check_step_to(controller, t0, t1):
+    """A `StepTo` (also inside `ClipStepSizeController`) with concrete times must
+    run from `t0` to `t1`, strictly monotonic (traced times: see
+    `StepTo.traced_input_result`)."""
+    while isinstance(controller, ClipStepSizeController):
+        controller = controller.controller
+    if not isinstance(controller, StepTo):
+        return
     ts = controller.ts
     if all(is_concrete(x) for x in (ts, t0, t1)):
         arr = np.asarray(ts, dtype=np.float64)
@@ -170,14 +177,17 @@ def check_step_to(controller, t0, t1):
             )
 
 
-def traced_input_result(t0, t1, dt0, ts_list, brownian_outside=False) -> Array:
+def traced_input_result(
+    t0, t1, dt0, ts_list, brownian_outside=False, controller_result=None
+) -> Array:
     """The result code for inputs checked only at run time (traced under `jit`): a
     failure code if `dt0` has the wrong sign or is zero, or a `SaveAt(ts)` leaves
     [t0, t1] or is not monotonic, or the interval leaves a `VirtualBrownianTree`
-    (`brownian_outside`, from `_brownian_tree.within_solve`); `successful`
-    otherwise. The solve starts from it (a failure: no step is taken), and
-    `throw=True` raises its message at the end, so no host callback is needed for
-    these checks."""
+    (`brownian_outside`, from `_brownian_tree.within_solve`), or the step size
+    controller's own check failed (`controller_result`, from its
+    `traced_input_result`); `successful` otherwise. The solve starts from it (a
+    failure: no step is taken), and `throw=True` raises its message at the end, so
+    no host callback is needed for these checks."""
     ok = RESULTS.successful._value
     code = jnp.asarray(ok, jnp.int32)
 
@@ -197,4 +207,7 @@ def traced_input_result(t0, t1, dt0, ts_list, brownian_outside=False) -> Array:
         code = flag(
             code, jnp.any(jnp.diff(ts) * sign < 0), RESULTS.saveat_ts_not_monotonic
         )
-    return flag(code, jnp.asarray(brownian_outside), RESULTS.brownian_outside)
+    code = flag(code, jnp.asarray(brownian_outside), RESULTS.brownian_outside)
+    if controller_result is not None:
+        code = jnp.where(code == ok, controller_result, code).astype(jnp.int32)
+    return code

@@ -251,6 +251,55 @@ def test_traced_step_to_must_span_the_solve():
         solve(jnp.array([0.1, 0.5, 1.0]))
 
 
+def test_traced_controller_inputs_need_no_host_callback():
+    """Traced `PIDController` tolerances and `StepTo` times are checked into the
+    result code too: no callback with throw=False, no step taken when invalid, per
+    element under `vmap`."""
+
+    def pid(rtol, throw):
+        controller = nde.PIDController(rtol=rtol, atol=1e-6)
+        sol = _solve(dt0=None, stepsize_controller=controller, throw=throw)
+        return sol.result._value, sol.stats["num_steps"]
+
+    def step_to(ts, throw):
+        sol = _solve(dt0=None, stepsize_controller=nde.StepTo(ts), throw=throw)
+        return sol.result._value, sol.stats["num_steps"]
+
+    ts = jnp.array([0.0, 0.5, 1.0])
+    for fn, arg in [(pid, 1e-3), (step_to, ts)]:
+        for throw, callbacks in [(False, 0), (True, 1)]:
+            hlo = jax.jit(fn, static_argnums=1).lower(arg, throw).as_text()
+            assert len(re.findall(r"python_\w+_callback\(", hlo)) // 2 == callbacks
+    results, steps = jax.jit(jax.vmap(pid, in_axes=(0, None)), static_argnums=1)(
+        jnp.array([1e-3, -1e-3]), False
+    )
+    np.testing.assert_array_equal(results, [0, nde.RESULTS.invalid_tolerances._value])
+    assert steps[0] > 0 and steps[1] == 0
+    batch = jnp.array(
+        [[0.0, 0.5, 1.0], [0.1, 0.5, 1.0], [0.0, 0.5, 0.9], [0.0, 1.5, 1.0]]
+    )
+    results, steps = jax.jit(jax.vmap(step_to, in_axes=(0, None)), static_argnums=1)(
+        batch, False
+    )
+    want = [nde.RESULTS.successful, nde.RESULTS.stepto_ends, nde.RESULTS.stepto_ends]
+    want += [nde.RESULTS.stepto_not_monotonic]
+    np.testing.assert_array_equal(results, [int(r._value) for r in want])
+    np.testing.assert_array_equal(steps, [2, 0, 0, 0])
+    # A reverse-time solve: the times run from t0 down to t1.
+    sol = jax.jit(
+        lambda ts: _solve(t0=1.0, t1=0.0, dt0=None, stepsize_controller=nde.StepTo(ts))
+    )(jnp.array([1.0, 0.4, 0.0]))
+    assert int(sol.stats["num_steps"]) == 2
+
+
+def test_step_to_inside_clip_is_checked():
+    """A concrete `StepTo` inside `ClipStepSizeController` is checked before the
+    solve too (it is not the controller `diffeqsolve` sees)."""
+    controller = nde.ClipStepSizeController(nde.StepTo([0.0, 0.7, 0.5, 1.0]))
+    with _raises(ValueError, "StepTo(ts)", "strictly monotonic"):
+        _solve(dt0=None, stepsize_controller=controller)
+
+
 def test_non_adaptive_solver_with_adaptive_controller():
     controller = nde.PIDController(rtol=1e-3, atol=1e-3)
     with _raises(

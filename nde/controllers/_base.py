@@ -35,6 +35,16 @@ class AbstractStepSizeController(eqx.Module):
     ):
         """**Returns:** `(keep_step, next_t0, next_t1, made_jump, state, result)`."""
 
+    def traced_input_result(self, t0, t1):
+        """A check of this controller's inputs that is only possible at run time
+        (traced under `jit`): `None` if there is nothing to check, else an int32
+        result code (`RESULTS.successful` or the failure), from which the solve
+        starts: a failure takes no step, and `throw=True` raises its message.
+        Called on the wrapped controller, with `t0`, `t1` in the forward time
+        variable. Concrete inputs are checked with a `ValueError` instead, before
+        anything is traced."""
+        return None
+
     @property
     def is_adaptive(self) -> bool:
         """Whether this controller needs the solver's error estimate."""

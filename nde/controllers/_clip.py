@@ -42,6 +42,9 @@ class ClipStepSizeController(AbstractStepSizeController):
             self.controller.wrap(direction), sort(self.step_ts), sort(self.jump_ts)
         )
 
+    def traced_input_result(self, t0, t1):
+        return self.controller.traced_input_result(t0, t1)
+
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(
             terms, t0, t1, y0, dt0, args, func, error_order

@@ -16,7 +16,7 @@ from ._initial_step import select_initial_step
 
 def _is_concrete(x) -> bool:
     # Concrete JAX arrays too; only tracers (tolerances inside `jit`) are checked
-    # at run time instead, in `init`.
+    # at run time instead (`traced_input_result`).
     return isinstance(x, (int, float, np.ndarray, np.generic)) or (
         isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
     )
@@ -115,18 +115,15 @@ class PIDController(AbstractStepSizeController):
             at_dtmin = dt0 <= self.dtmin
             dt0 = jnp.maximum(dt0, self.dtmin)
         one = jnp.asarray(1.0, dtype=tdtype)
-        return self._check_traced_tolerances(t0 + dt0), (one, one, at_dtmin)
+        return t0 + dt0, (one, one, at_dtmin)
 
-    def _check_traced_tolerances(self, tnext):
+    def traced_input_result(self, t0, t1):
         if _is_concrete(self.rtol) and _is_concrete(self.atol):
-            return tnext  # checked in __check_init__
+            return None  # checked in __check_init__
         bad = jnp.any(jnp.asarray(self.rtol) <= 0) | jnp.any(jnp.asarray(self.atol) < 0)
-        return eqx.error_if(
-            tnext,
-            bad,
-            "`PIDController(rtol=..., atol=...)` needs rtol > 0 and atol >= 0; got "
-            "non-positive rtol or negative atol (traced values).",
-        )
+        return jnp.where(
+            bad, RESULTS.invalid_tolerances._value, RESULTS.successful._value
+        ).astype(jnp.int32)
 
     def _scaled_error(self, y0, y1_candidate, y_error):
         def scale(y0_, y1_, err):
