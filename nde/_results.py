@@ -5,9 +5,10 @@ Inside the solve a result is a scalar int32 array (cheap to carry through `jit`,
 recorded, the loop stops, and `diffeqsolve(..., throw=True)` raises the message once
 at the end. So are inputs that are only known at run time (a traced `dt0`,
 `SaveAt(ts)`, `PIDController` tolerances or `StepTo` times, or an interval that
-leaves a `VirtualBrownianTree`) and invalid: the loop does not start. With `throw=False` a solve
-therefore contains no host callback, which would make every call of the compiled
-program synchronous and keep it out of JAX's persistent compilation cache.
+leaves a `VirtualBrownianTree`) and invalid: the loop does not start. With
+`throw=False` a solve therefore contains no host callback, which would make every
+call of the compiled program synchronous and keep it out of JAX's persistent
+compilation cache.
 """
 
 import equinox as eqx
