@@ -117,7 +117,7 @@ def diffrax_loss(model, ts, ys):
 
 def fixed_work(model, rounds: int = 7, calls: int = 20) -> dict:
     """The jitted gradient of one batch's loss at a fixed model (the one nde's
-    first round trained), nde's (the recipe's `loss`) and Diffrax's, and the loss
+    Trainer trained in `run_interleaved`), nde's (the recipe's `loss`) and Diffrax's, and the loss
     alone (the forward solves), called in alternation: the same work every call,
     so the machine's drift over a run cancels out of the ratio. Milliseconds per
     call, the median over `rounds`."""
