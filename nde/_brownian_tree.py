@@ -349,17 +349,16 @@ def within_solve(terms, t0, t1):
         nonlocal bad
         if not is_tree(x):
             return x
+        tdtype = _time_dtype(x.t0, x.t1, t0, t1)
         if _is_concrete(x.t0, x.t1, t0, t1):
             lo, hi = sorted((float(t0), float(t1)))
-            slack = 1e-9 * (float(x.t1) - float(x.t0))
-            if lo < float(x.t0) - slack or hi > float(x.t1) + slack:
+            if _outside(lo, hi, float(x.t0), float(x.t1), tdtype):
                 raise ValueError(
                     f"`VirtualBrownianTree(t0={x.t0}, t1={x.t1}, ...)` does not contain "
                     f"the solve's interval [{lo}, {hi}]. Create it over an interval "
                     "that contains the whole solve."
                 )
         else:
-            tdtype = _time_dtype(x.t0, x.t1, t0, t1)
             a, b = (jnp.asarray(t, tdtype) for t in (t0, t1))
             tree_t0, tree_t1 = (jnp.asarray(t, tdtype) for t in (x.t0, x.t1))
             lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
