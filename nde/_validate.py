@@ -1,6 +1,7 @@
 """Checks on `diffeqsolve`'s inputs: each error names the argument, the value
 received and the fix. Concrete values are checked in Python (with the value in the
-message); traced ones (`dt0`, `SaveAt(ts)`) become the solve's initial result code
+message); traced ones (`dt0`, `SaveAt(ts)`, and the step size controller's own:
+`PIDController` tolerances, `StepTo` times) become the solve's initial result code
 (`traced_input_result`): no step is taken, and `throw=True` raises the message."""
 
 import math
