@@ -11,6 +11,7 @@ import json
 import math
 import pathlib
 import sys
+import time
 
 
 @contextlib.contextmanager
@@ -47,8 +48,16 @@ class Logger:
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tb_dir = self.directory / "tb"
+        # tensorboardX names the file by the second it opens and the host; a run
+        # resumed within the same second (or two loggers of one run directory) would
+        # reopen the same name and overwrite the first's events. The nanosecond
+        # suffix keeps every file, and sorts them in order of creation as
+        # TensorBoard reads them (by name).
         self._writer = _summary_writer()(
-            logdir=str(self.tb_dir), purge_step=purge_step, flush_secs=30
+            logdir=str(self.tb_dir),
+            purge_step=purge_step,
+            flush_secs=30,
+            filename_suffix=f".{time.time_ns():020d}",
         )
         self._jsonl_path = self.directory / "metrics.jsonl"
         if purge_step is not None:

@@ -67,6 +67,29 @@ def test_resume_is_exact(tmp_path):
     assert sorted(s for s, _ in events["train/loss"]) == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_within_the_same_second_keeps_the_first_runs_events(
+    tmp_path, monkeypatch
+):
+    """tensorboardX names an event file by the second it was opened: a run resumed
+    in the second its predecessor stopped (common for small runs) must not reopen,
+    and overwrite, the first file."""
+    import tensorboardX.event_file_writer as event_file_writer
+
+    from nde.training._logger import Logger
+
+    monkeypatch.setattr(event_file_writer.time, "time", lambda: 1_700_000_000.5)
+    first = Logger(tmp_path)
+    for step in (1, 2, 3):
+        first.log_metrics({"train/loss": float(step)}, step)
+    first.close()
+    second = Logger(tmp_path, purge_step=3)
+    second.log_metrics({"train/loss": 30.0}, 3)
+    second.close()
+    assert len(list((tmp_path / "tb").iterdir())) == 2
+    events = read_events(tmp_path / "tb")
+    assert events["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
 def test_corrupt_checkpoint_falls_back_then_fails_clearly(tmp_path):
     trainer = TinyTrainer(tiny_config(), run_dir=tmp_path)
     trainer.fit()
