@@ -214,7 +214,15 @@ def test_adjoints_agree(solver, order, dt, adaptive):
 PID = nde.PIDController(rtol=1e-10, atol=1e-10)
 
 
-def _solve_pytree(y0, args, adjoint, t0=0.0, t1=1.0, ts=None, dt0=None, max_steps=4096):
+# The stages of Tsit5 as a loop: the tests below compile a third faster. The
+# unrolled stages (`Tsit5()`, the default) are differentiated in
+# test_pytree_state_and_reverse_time.
+TSIT5 = nde.Tsit5(scan_stages=True)
+
+
+def _solve_pytree(
+    y0, args, adjoint, t0=0.0, t1=1.0, ts=None, dt0=None, max_steps=4096, solver=TSIT5
+):
     def field(t, y, args):
         return {
             "x": -args["k"] * y["x"] + jnp.sum(y["v"]) * jnp.ones(2),
@@ -224,7 +232,7 @@ def _solve_pytree(y0, args, adjoint, t0=0.0, t1=1.0, ts=None, dt0=None, max_step
     saveat = nde.SaveAt(t1=True) if ts is None else nde.SaveAt(ts=ts)
     sol = nde.diffeqsolve(
         nde.ODETerm(field),
-        nde.Tsit5(),
+        solver,
         t0,
         t1,
         dt0,
@@ -256,13 +264,14 @@ def _flat(tree):
 def test_pytree_state_and_reverse_time(reverse):
     """Dict states of different shapes; also solving from t0 = 1 back to t1 = 0."""
     t0, t1 = (1.0, 0.0) if reverse else (0.0, 1.0)
-    grad = jax.jit(jax.grad(_solve_pytree, argnums=(0, 1)), static_argnums=(2, 3, 4))
+    solve = ft.partial(_solve_pytree, solver=nde.Tsit5())  # unrolled stages
+    grad = jax.jit(jax.grad(solve, argnums=(0, 1)), static_argnums=(2, 3, 4))
     grads = [_flat(grad(Y0, ARGS, adjoint, t0, t1)) for adjoint in ADJOINTS]
     assert rel_err(grads[1], grads[0]) < 1e-10
     assert rel_err(grads[2], grads[0]) < 1e-7
     assert rel_err(grads[3], grads[0]) < 1e-12
     flat, unflat = ravel_pytree((Y0, ARGS))
-    f = jax.jit(lambda x: _solve_pytree(*unflat(x), ADJOINTS[0], t0, t1))
+    f = jax.jit(lambda x: solve(*unflat(x), ADJOINTS[0], t0, t1))
     fd = jax.vmap(lambda e: (f(flat + EPS * e) - f(flat - EPS * e)) / (2 * EPS))(
         jnp.eye(flat.size)
     )
@@ -291,25 +300,29 @@ def test_each_way_of_saving_ts_differentiates(num_ts):
     round-off of each other (1e-10), and of central finite differences (1e-7)."""
     ts = jnp.array([0.1, 0.2, 0.9]) if num_ts == 3 else jnp.linspace(0.05, T1, 37)
     names = ("recursive", "every_step", "direct", "forward")
-    solver, controller = nde.Tsit5(), nde.ConstantStepSize()
+    solver, controller = nde.Tsit5(scan_stages=True), nde.ConstantStepSize()
 
     def value(theta, dt0, name):
         return loss(theta, solver, controller, dt0, ADJOINT_OF[name], ts=ts)
 
+    basis = jnp.eye(THETA.size, dtype=THETA.dtype)
+
     @jax.jit
     def derivatives(theta, dt0):
         out = {n: jax.grad(value)(theta, dt0, n) for n in names if n != "forward"}
-        basis = jnp.eye(theta.size, dtype=theta.dtype)
         jvp = lambda v: jax.jvp(lambda x: value(x, dt0, "forward"), (theta,), (v,))[1]
         out["forward"] = jax.vmap(jvp)(basis)
-        fd = jax.vmap(lambda v: value(theta + EPS * v, dt0, "recursive"))(basis)
-        fd = fd - jax.vmap(lambda v: value(theta - EPS * v, dt0, "recursive"))(basis)
-        return out, fd / (2 * EPS)
+        return out
+
+    @jax.jit
+    def finite_differences(theta, dt0):
+        f = jax.vmap(lambda x: value(x, dt0, "recursive"))
+        return (f(theta + EPS * basis) - f(theta - EPS * basis)) / (2 * EPS)
 
     dt0s = jnp.array([T1 / 4, T1 / 8])
-    batched, batched_fd = jax.vmap(derivatives, in_axes=(None, 0))(THETA, dt0s)
+    batched = jax.vmap(derivatives, in_axes=(None, 0))(THETA, dt0s)
     for i, dt0 in enumerate(dt0s):
-        out, fd = derivatives(THETA, dt0)
+        out, fd = derivatives(THETA, dt0), finite_differences(THETA, dt0)
         ref = out["direct"]
         assert rel_err(ref, fd) < 1e-7
         for name in names:
@@ -325,9 +338,10 @@ def test_vmap_of_gradients(adjoint):
     grad = jax.grad(_solve_pytree)
     batched = jax.jit(jax.vmap(grad, in_axes=(0, None, None)), static_argnums=2)
     out = batched(batch, ARGS, adjoint)
+    single = jax.jit(grad, static_argnums=2)
     for i in range(3):
         take = lambda tree, i=i: jax.tree_util.tree_map(lambda x: x[i], tree)
-        expected = grad(take(batch), ARGS, adjoint)
+        expected = single(take(batch), ARGS, adjoint)
         assert rel_err(_flat(take(out)), _flat(expected)) < 1e-9
 
 
@@ -443,27 +457,24 @@ def test_recursive_checkpoint_bisected_gaps():
     pass and many windows are replayed from the tape; save points inside the
     windows. The gradient is DirectAdjoint's."""
     ts = jnp.linspace(0.0, 1.0, 7)
-    grad = jax.grad(_solve_pytree, argnums=(0, 1))
+    grad = jax.jit(jax.grad(_solve_pytree, argnums=(0, 1)), static_argnums=(2, 3, 4))
     got = _flat(grad(Y0, ARGS, nde.RecursiveCheckpointAdjoint(4), 0.0, 1.0, ts))
     want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, ts))
     assert rel_err(got, want) < 1e-10
 
 
-@pytest.mark.parametrize(
-    "tape,num_steps",
-    [("ring", 5), ("ring", 12), ("ring", 40)]
-    + [("checkpoints", 5), ("checkpoints", 8), ("checkpoints", 40)],
-)
-def test_recursive_checkpoint_states_on_tape(tape, num_steps, monkeypatch):
+@pytest.mark.parametrize("tape", ["ring", "checkpoints"])
+def test_recursive_checkpoint_states_on_tape(tape, monkeypatch):
     """The last steps are played back from states the forward pass left behind.
 
     "ring": a window longer than the checkpoint count (the default's, for a small
     state; here forced to 12 steps against 8 checkpoints) keeps the last window of
-    states in a ring: fewer steps than the window (no replay at all), exactly a
-    window, and a ring that has wrapped around (40 = 3 x 12 + 4) before the
+    states in a ring: fewer steps than the window (5: no replay at all), exactly a
+    window (12), and a ring that has wrapped around (40 = 3 x 12 + 4) before the
     checkpointed windows. "checkpoints": 8 checkpoints hold every state of a solve
-    of fewer steps (5); at 8 steps the stride has doubled and they do not. The
-    gradient is DirectAdjoint's."""
+    of fewer steps (5); at 8 and 40 steps the stride has doubled and they do not.
+    The gradient is DirectAdjoint's. The step size is traced, so each adjoint's
+    gradient compiles once for the three lengths."""
     from nde.adjoints import _checkpointed_while_loop as loop
 
     if tape == "ring":
@@ -472,11 +483,17 @@ def test_recursive_checkpoint_states_on_tape(tape, num_steps, monkeypatch):
     else:
         adjoint = nde.RecursiveCheckpointAdjoint(8)
     ts = jnp.linspace(0.0, 1.0, 4)
-    grad = jax.grad(_solve_pytree, argnums=(0, 1))
-    kw = dict(ts=ts, dt0=1.0 / num_steps, max_steps=64)
-    got = _flat(grad(Y0, ARGS, adjoint, 0.0, 1.0, **kw))
-    want = _flat(grad(Y0, ARGS, nde.DirectAdjoint(), 0.0, 1.0, **kw))
-    assert rel_err(got, want) < 1e-10
+
+    @ft.partial(jax.jit, static_argnums=3)
+    def grad(y0, args, dt0, adjoint):
+        f = ft.partial(_solve_pytree, ts=ts, dt0=dt0, max_steps=64)
+        return jax.grad(f, argnums=(0, 1))(y0, args, adjoint)
+
+    for num_steps in (5, 8, 12, 40) if tape == "checkpoints" else (5, 12, 40):
+        dt0 = jnp.asarray(1.0 / num_steps)
+        got = _flat(grad(Y0, ARGS, dt0, adjoint))
+        want = _flat(grad(Y0, ARGS, dt0, nde.DirectAdjoint()))
+        assert rel_err(got, want) < 1e-10, num_steps
 
 
 def test_default_window_sized_by_bytes():
