@@ -87,7 +87,7 @@ def rel_err(a, b):
 def exact_gradient():
     f = ft.partial(
         loss,
-        solver=nde.Dopri8(),
+        solver=nde.Dopri8(scan_stages=True),
         controller=nde.ConstantStepSize(),
         dt0=T1 / 256,
         adjoint=nde.RecursiveCheckpointAdjoint(),
