@@ -24,11 +24,13 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
+import numpy as np
 from equinox import AbstractVar
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from ._custom_types import RealScalarLike
 from ._paths import AbstractPath
+from ._random import standard_normals
 
 
 class BrownianIncrement(eqx.Module):
@@ -115,6 +117,9 @@ def check_use_levy(path: AbstractBrownianPath) -> None:
         )
 
 
+_ONE_ID = np.uint32(0)  # the key, folded with the times, is this query's own
+
+
 def _fold_in_time(key, t):
     # The bits of the time, so that a query of the same interval gives the same
     # sample (`+ 0.0` makes -0.0 and 0.0 the same time).
@@ -195,7 +200,7 @@ class UnsafeBrownianPath(AbstractBrownianPath):
         ws, hs = [], []
         for leaf_key, leaf in zip(keys, leaves, strict=True):
             h = (hi - lo).astype(leaf.dtype)
-            z = jr.normal(leaf_key, (2,) + leaf.shape, leaf.dtype)
+            z = standard_normals(leaf_key, _ONE_ID, (2,) + leaf.shape, leaf.dtype)
             ws.append(sign.astype(leaf.dtype) * jnp.sqrt(h) * z[0])
             hs.append(jnp.sqrt(h / 12) * z[1])
         w = jtu.tree_unflatten(treedef, ws)

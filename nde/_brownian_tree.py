@@ -48,6 +48,7 @@ from ._brownian import (
     shape_leaves,
 )
 from ._custom_types import RealScalarLike
+from ._random import standard_normals
 from ._results import RESULTS
 
 
@@ -83,10 +84,8 @@ def _node_ids(x, level):
 
 
 def _node_samples(key, ids, num: int, shape, dtype):
-    """`num` standard normals of `shape` per node id, all in one vectorised draw (one
-    random-number kernel instead of one per level: much faster to compile)."""
-    draw = lambda i: jr.normal(jr.fold_in(key, i), (num,) + shape, dtype)
-    return jax.vmap(jax.vmap(draw))(ids)
+    """`num` standard normals of `shape` per node id, all in one vectorised draw."""
+    return standard_normals(key, ids, (num,) + tuple(shape), dtype)
 
 
 def _bcast(x, like):

@@ -89,6 +89,33 @@ def test_gaussian_statistics_and_levy_area():
     np.testing.assert_allclose(w, w1 + w2, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_node_samples_are_independent_standard_normals(impl, dtype):
+    """The tree's random numbers: per node id, `num` x `shape` normals. Threefry keys
+    take the counter-based draw (the same numbers from a typed key and its raw
+    data), other implementations `fold_in`; both must be N(0, 1), with no
+    correlation between the numbers of a node or of neighbouring nodes."""
+    from nde._brownian_tree import _node_samples
+
+    key = jr.key(7, impl=impl)
+    ids = jnp.arange(1, 1 + 2 * N, dtype=jnp.uint32).reshape(2, N)
+    draw = jax.jit(_node_samples, static_argnums=(2, 3, 4))
+    z = np.asarray(draw(key, ids, 2, (3,), dtype))
+    assert z.shape == (2, N, 2, 3) and z.dtype == dtype and np.isfinite(z).all()
+    flat = z.reshape(-1)
+    assert np.var(flat) == pytest.approx(1, rel=VAR_RTOL)
+    assert abs(np.mean(flat)) < 4 / np.sqrt(flat.size)
+    assert scipy.stats.kstest(flat, "norm").pvalue > 1e-3
+    per_node = z.reshape(2 * N, 6)
+    columns = np.concatenate([per_node[:-1], per_node[1:]], axis=1)  # and the next id
+    corr = np.corrcoef(columns.T) - np.eye(12)
+    assert np.abs(corr).max() < CORR_ATOL
+    if impl == "threefry2x32":
+        raw = draw(jr.key_data(key), ids, 2, (3,), dtype)
+        np.testing.assert_array_equal(raw, z)
+
+
 def test_pytree_shape_and_dtype():
     shape = {
         "a": jax.ShapeDtypeStruct((2,), jnp.float32),
