@@ -19,8 +19,9 @@ cases is the mean of `y(1)**2`, differentiated with respect to both networks.
 `revheun_grad` also times `nde[checkpoint]` (ReversibleHeun + RecursiveCheckpointAdjoint,
 the same algorithm as Diffrax's). Every case also times two references: `nde[unsafe]`,
 nde with an `UnsafeBrownianPath` (one normal draw per step, no tree), and `scan`, a
-hand-written `lax.scan` loop of the same recurrence with the same one-draw-per-step
-noise (gradients: reverse mode through the scan, storing every step) -- the floor
+hand-written `lax.scan` loop of the same recurrence with the cheapest noise (all
+steps' increments drawn up front in one call; gradients: reverse mode through the
+scan, storing every step) -- the floor
 for any JAX implementation, and what separates the tree's cost from the loop's. Each JAX contestant is one `jax.jit`; per-call
 times are medians, round-robin over the contestants (`_timing.per_call_times`).
 
@@ -112,12 +113,14 @@ def jax_solve(lib, solver, adjoint, params, y0, key, steps=STEPS, noise=NOISE):
 
 def scan_solve(euler: bool, params, y0, key, steps=STEPS, noise=NOISE):
     """The floor: the same SDE as a hand-written `lax.scan` loop with the cheapest
-    replayable noise (one `jr.normal` per step, keyed by the step index) instead of
-    a Brownian tree; Euler-Maruyama or the reversible Heun recurrence."""
+    noise (every step's increment drawn up front in one `jr.normal` call, and
+    indexed by the step) instead of a Brownian tree; Euler-Maruyama or the
+    reversible Heun recurrence."""
     drift, diffusion = params
     dt = jnp.asarray(1.0 / steps, F32)
     t = lambda k: k.astype(F32) * dt
-    dw = lambda k: jnp.sqrt(dt) * jr.normal(jr.fold_in(key, k), (noise,), F32)
+    increments = jnp.sqrt(dt) * jr.normal(key, (steps, noise), F32)
+    dw = lambda k: increments[k]
     field = lambda k, y: (drift(t(k), y, None), diffusion(t(k), y, None))
     prod = lambda v, w: v[0] * dt + v[1] @ w
 
@@ -141,8 +144,8 @@ def scan_solve(euler: bool, params, y0, key, steps=STEPS, noise=NOISE):
 
 
 def unsafe_solve(lib, solver, adjoint, params, y0, key, steps=STEPS, noise=NOISE):
-    """`jax_solve` with an `UnsafeBrownianPath` (one draw per step, like the scan's
-    noise) instead of the tree: the solver loop's cost without the tree's."""
+    """`jax_solve` with an `UnsafeBrownianPath` (one draw per step) instead of the
+    tree: the solver loop's cost without the tree's."""
     drift, diffusion = params
     t0, t1 = jnp.asarray(0.0, F32), jnp.asarray(1.0, F32)
     bm = lib.UnsafeBrownianPath(jax.ShapeDtypeStruct((noise,), F32), key)
