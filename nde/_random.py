@@ -4,7 +4,6 @@ integer ids, without deriving a key per id."""
 import math
 
 import jax
-import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.special
@@ -24,17 +23,18 @@ def _threefry_key_data(key):
 
 
 def _uniform_open(words, dtype):
-    """Uniforms on a symmetric grid inside (-1, 1) from 32-bit words (a trailing
-    pair per value for float64): the mantissa bits of a float `one` in [1, 2), then
-    `2 one - 3 + eps` (exact), never +-1 where erfinv is infinite."""
+    """Uniforms on the symmetric grid `k 2**-p`, `k` odd, `|k| < 2**p`, strictly inside
+    (-1, 1) (never +-1, where erfinv is infinite), from 32-bit words (a trailing
+    pair per value for float64; p = 23 for float32, 52 for float64). The grid is
+    built in integers and scaled by a power of two: exact, with no floating-point
+    constants for XLA to reassociate (`2 x - 3 + eps` in floats lost its `eps`)."""
     if dtype == jnp.float64:
         hi, lo = words[..., 0].astype(jnp.uint64), words[..., 1].astype(jnp.uint64)
-        mantissa = ((hi << 32) | lo) >> 12
-        exponent, eps = jnp.uint64(0x3FF0000000000000), 2.0**-52
+        top, p, signed = ((hi << 32) | lo) >> 12, 52, jnp.int64
     else:
-        mantissa, exponent, eps = words >> 9, jnp.uint32(0x3F800000), 2.0**-23
-    one = lax.bitcast_convert_type(mantissa | exponent, dtype)
-    return 2 * one - 3 + jnp.asarray(eps, dtype)
+        top, p, signed = words >> 9, 23, jnp.int32
+    odd = 2 * top.astype(signed) + (1 - 2**p)
+    return odd.astype(dtype) * jnp.asarray(2.0**-p, dtype)
 
 
 def standard_normals(key, ids, shape, dtype):

@@ -116,6 +116,25 @@ def test_node_samples_are_independent_standard_normals(impl, dtype):
         np.testing.assert_array_equal(raw, z)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_extreme_bits_give_finite_normals(dtype):
+    """The uniforms behind the normals stay strictly inside (-1, 1), symmetric, for
+    the extreme bit patterns too (one draw in 2**23 in float32: a training run
+    meets them), compiled as in a solve. An infinite normal there once turned a
+    neural SDE's loss into NaN."""
+    from nde._random import _uniform_open
+
+    low = np.array([0, 1, 511, 512, 2**31 - 1], np.uint32)
+    words = np.concatenate([low, ~low[::-1]])  # and their complements
+    if dtype == jnp.float64:
+        words = np.stack([words, words], axis=-1)
+    u = np.asarray(jax.jit(_uniform_open, static_argnums=1)(words, dtype))
+    assert u.dtype == dtype and np.all(np.abs(u) < 1)
+    np.testing.assert_array_equal(u[::-1], -u)  # complementary bits, opposite values
+    normals = jax.jit(jax.scipy.special.erfinv)(u)
+    assert np.isfinite(np.asarray(normals)).all()
+
+
 def test_pytree_shape_and_dtype():
     shape = {
         "a": jax.ShapeDtypeStruct((2,), jnp.float32),
