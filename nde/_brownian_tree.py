@@ -4,10 +4,11 @@ order, any number of times, from a single key and in O(1) memory.
 The interval `[t0, t1]` is bisected recursively (a binary tree of depth
 `ceil(log2((t1 - t0) / tol))`). A node knows the increment of `W` over its interval
 (and, with `levy_area=SpaceTimeLevyArea`, its space-time Lévy area `H`); its two
-halves are sampled from the exact conditional distribution given those, from a key
-that depends only on the node's position in the tree (Gaines & Lyons, "Variable step
-size control in the numerical solution of stochastic differential equations", SIAM
-J. Appl. Math. 1997; Li, Wong, Chen & Duvenaud, "Scalable gradients for stochastic
+halves are sampled from the exact conditional distribution given those, from
+normals that depend only on the key and the node's position in the tree (drawn by
+the counter-based generator of `_random.py`, the node's heap number as counter;
+Gaines & Lyons, "Variable step size control in the numerical solution of
+stochastic differential equations", SIAM J. Appl. Math. 1997; Li, Wong, Chen & Duvenaud, "Scalable gradients for stochastic
 differential equations", AISTATS 2020). A query descends from the root to a leaf of
 length at most `tol`; within a leaf, `W` is the conditional mean given the leaf's
 values: linear in time, or, given `H` too, the parabola with that Lévy area
