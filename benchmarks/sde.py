@@ -21,9 +21,9 @@ the same algorithm as Diffrax's). Every case also times two references: `nde[uns
 nde with an `UnsafeBrownianPath` (one normal draw per step, no tree), and `scan`, a
 hand-written `lax.scan` loop of the same recurrence with the cheapest noise (all
 steps' increments drawn up front in one call; gradients: reverse mode through the
-scan, storing every step) -- the floor
-for any JAX implementation, and what separates the tree's cost from the loop's. Each JAX contestant is one `jax.jit`; per-call
-times are medians, round-robin over the contestants (`_timing.per_call_times`).
+scan, storing every step) -- the floor for any JAX implementation, and what
+separates the tree's cost from the loop's. Each JAX contestant is one `jax.jit`;
+per-call times are medians, round-robin over the contestants (`_timing.per_call_times`).
 
 Memory (`--memory`): one subprocess per (method, number of steps), so that each
 measures only itself: the peak resident set size while the compiled gradient runs

@@ -117,7 +117,8 @@ def check_use_levy(path: AbstractBrownianPath) -> None:
         )
 
 
-_ONE_ID = np.uint32(0)  # the key, folded with the times, is this query's own
+# A query's key is already its own (folded with both times): one id per key.
+_ONE_ID = np.uint32(0)
 
 
 def _fold_in_time(key, t):

@@ -8,11 +8,12 @@ halves are sampled from the exact conditional distribution given those, from
 normals that depend only on the key and the node's position in the tree (drawn by
 the counter-based generator of `_random.py`, the node's heap number as counter;
 Gaines & Lyons, "Variable step size control in the numerical solution of
-stochastic differential equations", SIAM J. Appl. Math. 1997; Li, Wong, Chen & Duvenaud, "Scalable gradients for stochastic
-differential equations", AISTATS 2020). A query descends from the root to a leaf of
-length at most `tol`; within a leaf, `W` is the conditional mean given the leaf's
-values: linear in time, or, given `H` too, the parabola with that Lévy area
-(Foster, PhD thesis, Oxford 2020, sec. 3).
+stochastic differential equations", SIAM J. Appl. Math. 1997; Li, Wong, Chen &
+Duvenaud, "Scalable gradients for stochastic differential equations", AISTATS
+2020). A query descends from the root to a leaf of length at most `tol`; within a
+leaf, `W` is the conditional mean given the leaf's values: linear in time, or,
+given `H` too, the parabola with that Lévy area (Foster, PhD thesis, Oxford 2020,
+sec. 3).
 
 So `W` is one deterministic function of time: `W(s, u) = W(s, t) + W(t, u)` holds
 up to round-off, increments over the leaves (and unions of them) have exactly the

@@ -474,7 +474,7 @@ def test_recursive_checkpoint_states_on_tape(tape, monkeypatch):
     checkpointed windows. "checkpoints": 8 checkpoints hold every state of a solve
     of fewer steps (5); at 8 and 40 steps the stride has doubled and they do not.
     The gradient is DirectAdjoint's. The step size is traced, so each adjoint's
-    gradient compiles once for the three lengths."""
+    gradient compiles once for all the lengths."""
     from nde.adjoints import _checkpointed_while_loop as loop
 
     if tape == "ring":
